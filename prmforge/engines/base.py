@@ -1,0 +1,62 @@
+"""The one engine interface behind rollouts, MC completions and the LLM judge.
+
+Every backend (``hf``, ``vllm``, ``openai``) takes a batch of prompts and
+returns ``n`` completions per prompt. Callers never know which backend they
+use, so the same labelling code runs on a laptop CPU and a GPU cluster.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``max_tokens`` is always explicit (vLLM's default is 16)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of one prompt.
+
+    ``finish_reason`` is ``"stop"`` (EOS or a stop string), ``"length"``
+    (hit ``max_tokens``) or ``"error"`` (the backend failed for this prompt
+    after its retries; ``error`` says why and ``text`` is empty). Errors are
+    data, not exceptions, so one bad request never loses a whole shard.
+    """
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str | None = None
+
+
+class Engine(ABC):
+    """A text-completion engine."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        """Return, for each prompt, ``params.n`` completions (in order).
+
+        With the same prompts, params (seed included) and model, the result
+        is identical across calls, which is what makes shards resumable.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release processes, GPU memory or connections held by the engine."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""Named run profiles: sizes and budgets for every stage.
+
+``tiny`` keeps tests to seconds, ``demo`` is the README's main job (nothing
+to a registered champion in minutes on 2 CPU cores) and ``world`` is the
+quality run (up to an hour on 2 cores). Each stage declares its own pydantic
+settings class with ``demo`` defaults; a profile only lists what it changes.
+Run config in Dagster overrides both.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+T = TypeVar("T", bound=BaseModel)
+
+DEFAULT_PROFILE = "demo"
+
+# stage name -> field overrides, per profile. Stages add their entries here.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {},
+    "demo": {},
+    "world": {},
+}
+
+
+def active_profile() -> str:
+    """``PRMFORGE_PROFILE`` or ``demo``."""
+    name = os.environ.get("PRMFORGE_PROFILE", DEFAULT_PROFILE)
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {sorted(PROFILES)}")
+    return name
+
+
+def stage_settings(cls: type[T], stage: str, profile: str | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from its defaults, the profile's entries, then overrides.
+
+    Overrides whose value is None are ignored, so Dagster ``Config`` fields
+    default to None meaning "take the profile's value".
+    """
+    profile = profile or active_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    values = dict(PROFILES[profile].get(stage, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)

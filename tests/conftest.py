@@ -1,0 +1,104 @@
+"""Shared fixtures: a real S3 API on loopback (moto server), isolated homes.
+
+The moto server is a real HTTP S3 endpoint on 127.0.0.1; tests reach it
+through s3fs exactly as they would reach MinIO or AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own PRMFORGE_HOME, storage root and MLflow store."""
+    home = tmp_path / "prmforge-home"
+    home.mkdir()
+    monkeypatch.setenv("PRMFORGE_HOME", str(home))
+    monkeypatch.delenv("PRMFORGE_STORAGE_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PRMFORGE_PROFILE", "tiny")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    return home
+
+
+class S3Server:
+    """A moto S3 server on 127.0.0.1 that a test can stop and restart."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._cls = ThreadedMotoServer
+        self._server = None
+
+    def start(self) -> None:
+        self._server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback S3 server; returns ``s3://bucket/prefix``.
+
+    Credentials and endpoint are set in the environment, the way a user
+    configures MinIO or AWS.
+    """
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("PRMFORGE_S3_ENDPOINT_URL", s3_server.endpoint)
+    # MLflow's own S3 client reads this one.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.endpoint)
+    bucket = f"prmforge-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/root"
+
+
+@pytest.fixture
+def local_root(tmp_path: Path) -> str:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return root.as_uri()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real GSM8K / ProcessBench files beside the project; skip if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
