@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dagster import AssetExecutionContext, AssetKey
+import hashlib
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, AssetKey, DataVersion
 
 
 def upstream_metadata(context: AssetExecutionContext, asset: str) -> dict:
@@ -23,3 +26,42 @@ def upstream_uri(context: AssetExecutionContext, asset: str) -> str:
     if "uri" not in meta:
         raise RuntimeError(f"latest materialisation of {asset} has no 'uri' metadata")
     return str(meta["uri"])
+
+
+class _HashSink:
+    """A write-only file object that feeds sha256 instead of storing bytes."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def table_data_version(table: pa.Table) -> DataVersion:
+    """Content hash of a table, for ``Output(table, data_version=...)``.
+
+    Why: downstream automation (``pipelines.automation``) retrains only when
+    an input's *data version* changes. Dagster's default data version changes
+    on every run, so a re-materialisation that produced identical rows would
+    retrain the PRM; a content hash makes such no-op runs invisible.
+
+    The hash covers column names, types and values in row order (schema
+    metadata such as pandas annotations is ignored). Chunking does not matter:
+    the table is combined into one chunk and streamed as Arrow IPC into
+    sha256, so equal content gives equal versions; the only possible
+    imprecision is a spurious *change* (never a missed one).
+    """
+    normalised = table.replace_schema_metadata(None).combine_chunks()
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), normalised.schema) as writer:
+        writer.write_table(normalised)
+    return DataVersion(sink.digest.hexdigest()[:32])
