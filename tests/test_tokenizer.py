@@ -1,0 +1,60 @@
+"""Tokenizer: Unicode round trip, special tokens, save/load through AutoTokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from prmforge.tokenizer import EOS_TOKEN, PAD_TOKEN, STEP_TOKEN, save_tokenizer, train_tokenizer, world_corpus
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(world_corpus(n_per_difficulty=200), vocab_size=700)
+
+
+UNICODE = [
+    "héllo wörld",
+    "数学题：小明有 5 个苹果。",
+    "emoji 🤖🧮 and ZWJ 👩‍👩‍👧",
+    "control \x00\x01\t\r\n end",
+    "math ∑_{i=1}^n i² = n(n+1)/2, \\boxed{42}",
+    "   leading and trailing spaces   ",
+    "",
+    "RTL עברית العربية",
+]
+
+
+@pytest.mark.parametrize("text", UNICODE)
+def test_unicode_round_trip(tok, text):
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+
+
+def test_special_tokens_are_single_and_distinct(tok):
+    ids = [tok.convert_tokens_to_ids(t) for t in (EOS_TOKEN, PAD_TOKEN, STEP_TOKEN)]
+    assert len(set(ids)) == 3
+    assert tok.eos_token_id == ids[0] and tok.pad_token_id == ids[1]
+    enc = tok(f"5 + 3 = 8.{STEP_TOKEN}8 - 2 = 6.{STEP_TOKEN}", add_special_tokens=False)["input_ids"]
+    assert enc.count(ids[2]) == 2
+    assert STEP_TOKEN in tok.all_special_tokens
+
+
+def test_world_words_and_numbers_are_single_tokens(tok):
+    for piece in (" apples", " gives", " 12", " =", " +"):
+        assert len(tok(piece, add_special_tokens=False)["input_ids"]) == 1, piece
+
+
+def test_save_and_reload(tok, tmp_path):
+    save_tokenizer(tok, tmp_path)
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "Mia buys 3 more: 5 + 3 = 8. 🤖"
+    assert again(text)["input_ids"] == tok(text)["input_ids"]
+    assert again.padding_side == "left"
+    assert again.convert_tokens_to_ids(STEP_TOKEN) == tok.convert_tokens_to_ids(STEP_TOKEN)
+    assert again.eos_token == EOS_TOKEN and again.pad_token == PAD_TOKEN
+
+
+def test_training_is_deterministic():
+    texts = world_corpus(n_per_difficulty=100)
+    assert train_tokenizer(texts, 350).get_vocab() == train_tokenizer(texts, 350).get_vocab()
