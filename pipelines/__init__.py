@@ -6,24 +6,9 @@ from typing import Any
 
 
 def automation_defs() -> dict[str, Any]:
-    """Jobs, schedules and sensors (filled in by ``pipelines.jobs`` etc. as they land)."""
-    out: dict[str, Any] = {"jobs": [], "schedules": [], "sensors": []}
-    try:
-        from pipelines.jobs import JOBS
+    """Jobs, schedules and sensors of the code location."""
+    from pipelines.jobs import JOBS
+    from pipelines.schedules import SCHEDULES
+    from pipelines.sensors import SENSORS
 
-        out["jobs"] = JOBS
-    except ImportError:
-        pass
-    try:
-        from pipelines.schedules import SCHEDULES
-
-        out["schedules"] = SCHEDULES
-    except ImportError:
-        pass
-    try:
-        from pipelines.sensors import SENSORS
-
-        out["sensors"] = SENSORS
-    except ImportError:
-        pass
-    return out
+    return {"jobs": JOBS, "schedules": SCHEDULES, "sensors": SENSORS}
