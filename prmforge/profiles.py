@@ -20,9 +20,9 @@ DEFAULT_PROFILE = "demo"
 
 # stage name -> field overrides, per profile. Stages add their entries here.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {},
+    "tiny": {"ingest": {"world_size": 24}},
     "demo": {},
-    "world": {},
+    "world": {"ingest": {"world_size": 1000}},
 }
 
 
