@@ -1,0 +1,84 @@
+"""A tiny random Llama + a tokenizer trained in a second, for tests and benchmarks.
+
+Nothing may be downloaded at run time, so the engine tests and the sampling
+benchmark build their own model: a randomly initialised ``LlamaForCausalLM``
+and a byte-level BPE tokenizer trained on a few lines of arithmetic text. It is
+saved as an ordinary Hugging Face folder (safetensors), i.e. exactly what the
+engines load in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CORPUS = [
+    "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "Step 1: 3 + 5 = 8.\n\nStep 2: so Tom has 8 apples.\n\nThe answer is 8.",
+    "A train travels 60 km in 1 hour. How far does it go in 3 hours? 60 * 3 = 180. #### 180",
+    "Compute 12 - 7 = 5, then 5 * 4 = 20. Answer: 20",
+    "The final answer is \\boxed{42}. We add 40 + 2 = 42.",
+    "x = 7; y = x * 2 = 14; z = y - 3 = 11 ; 0123456789 + - * / = ( ) .",
+]
+
+
+def train_tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>`` and ``<pad>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def build_tiny_llama(
+    out_dir: str | Path,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Save a random tiny Llama and its tokenizer to ``out_dir`` (safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    # Random init gives near-uniform next-token distributions; sharpen them so
+    # samples have structure (EOS appears, temperature and top_p matter).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
