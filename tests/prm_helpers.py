@@ -19,7 +19,10 @@ def tiny_backbone(folder: Path, hidden: int = 32, layers: int = 2) -> str:
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
-    """Arithmetic steps whose label is whether the equation is right: learnable from the text."""
+    """Arithmetic steps whose label is visible in the text (wrong steps multiply and miss by one).
+
+    The signal is deliberately easy so a 2-layer random model learns it in a few steps.
+    """
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -27,8 +30,7 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
         for _ in range(rng.randint(1, 4)):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
             ok = rng.random() < 0.6
-            c = a + b if ok else a + b + rng.choice([-2, -1, 1, 2])
-            steps.append(f"{a} + {b} = {c}")
+            steps.append(f"{a} + {b} = {a + b}" if ok else f"{a} x {b} = {a * b + 1}")
             labels.append(ok)
         rows.append({"prompt": f"Problem: sums {i}\nSolution:\n", "steps": steps, "labels": labels})
     return rows

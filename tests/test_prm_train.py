@@ -1,0 +1,95 @@
+"""PRM training: the loss falls on a tiny model, and a killed run resumes to identical weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from prm_helpers import synthetic_rows, tiny_backbone
+
+from prmforge.prm.data import encode_dataset
+from prmforge.prm.model import build_prm
+from prmforge.prm.train import CheckpointStore, TrainConfig, batch_indices, lr_lambda, train_prm
+from prmforge.storage import Storage
+
+torch.set_num_threads(1)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _setup(tmp_path: Path, n: int = 48):
+    path = tiny_backbone(tmp_path / "bb")
+    model, tok = build_prm(path, max_length=96, seed=0)
+    examples, stats = encode_dataset(tok, synthetic_rows(n), model.config.step_token_id, 96)
+    assert stats.examples_kept == n
+    return path, model, tok, examples
+
+
+def test_loss_falls(tmp_path: Path) -> None:
+    _, model, tok, examples = _setup(tmp_path)
+    cfg = TrainConfig(lr=3e-3, epochs=6, micro_batch_size=8, grad_accum=2, seed=1, checkpoint_every=1000)
+    logged: list[tuple[int, dict]] = []
+    res = train_prm(model, examples, cfg, tok.pad_token_id, log_fn=lambda m, s: logged.append((s, m)))
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == res.steps == 18
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    assert [s for s, _ in logged] == list(range(1, 19))
+    assert all(m["tokens_per_s"] > 0 for _, m in logged)
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    f = lr_lambda(100, 10, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert f(55) == pytest.approx(0.55)
+
+
+def test_batches_cover_data_once_per_epoch() -> None:
+    cfg = TrainConfig(micro_batch_size=3, grad_accum=2, seed=5)
+    seen = [i for step in range(4) for mb in batch_indices(20, step, cfg, 1, 0) for i in mb]
+    assert sorted(seen) == list(range(20))
+    # Two ranks split each global batch without overlap.
+    r0 = [i for mb in batch_indices(20, 0, cfg, 2, 0) for i in mb]
+    r1 = [i for mb in batch_indices(20, 0, cfg, 2, 1) for i in mb]
+    assert not set(r0) & set(r1) and len(r0) + len(r1) == 12
+
+
+@pytest.mark.parametrize("root_kind", ["local", "s3"])
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path, root_kind: str, request) -> None:
+    root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
+    path, model_a, tok, examples = _setup(tmp_path, n=24)
+    cfg = TrainConfig(lr=3e-3, epochs=3, micro_batch_size=4, grad_accum=2, seed=3, checkpoint_every=2,
+                      keep_checkpoints=2)
+    # Uninterrupted reference run.
+    ref = train_prm(model_a, examples, cfg, tok.pad_token_id)
+    assert ref.steps == 9
+
+    # Killed after step 5 (checkpoint at 4), then started again from scratch objects.
+    store = CheckpointStore(Storage(root), "run-test")
+
+    def kill(step: int) -> None:
+        if step == 5:
+            raise Killed()
+
+    model_b, _ = build_prm(path, max_length=96, seed=0)
+    with pytest.raises(Killed):
+        train_prm(model_b, examples, cfg, tok.pad_token_id, checkpoints=store, on_step=kill)
+    assert store.latest() == 4
+    model_c, _ = build_prm(path, max_length=96, seed=0)
+    res = train_prm(model_c, examples, cfg, tok.pad_token_id, checkpoints=store)
+    assert res.resumed_from == 4
+    a, c = model_a.state_dict(), model_c.state_dict()
+    assert a.keys() == c.keys()
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    # Only safetensors and JSON in the checkpoint, and old checkpoints are pruned.
+    storage = Storage(root)
+    base = storage.path("checkpoints", "prm", "run-test")
+    names = sorted(p.rsplit("/", 1)[-1] for p in storage.fs.find(base))
+    assert set(names) == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json",
+                          "_COMPLETE"}
+    assert len(storage.fs.ls(base)) == 2
