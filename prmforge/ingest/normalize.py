@@ -17,7 +17,6 @@ import hashlib
 import math
 import re
 import unicodedata
-from decimal import Decimal, InvalidOperation
 
 _WS = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
@@ -87,19 +86,20 @@ def _balanced(text: str) -> bool:
 
 
 def normalize_number(text: str) -> str | None:
-    """``"1,000"``→``"1000"``, ``"3.50"``→``"3.5"``, ``"-0"``→``"0"``; None if not a plain number."""
+    """``"1,000"``→``"1000"``, ``"3.50"``→``"3.5"``, ``"-0"``→``"0"``; None if not a plain number.
+
+    Pure string arithmetic (no float/Decimal): exact for any number of digits.
+    """
     s = _CURRENCY.sub("", text.strip())
     if not s or not _NUMBER.match(s) or not any(c.isdigit() for c in s):
         return None
-    try:
-        d = Decimal(s.replace(",", ""))
-    except InvalidOperation:
-        return None
-    if d == d.to_integral_value():
-        out = str(d.quantize(Decimal(1)))
-    else:
-        out = format(d.normalize(), "f")
-    return "0" if out in ("-0", "+0") else out
+    sign = "-" if s[0] == "-" else ""
+    s = s.lstrip("+-").replace(",", "")
+    whole, _, frac = s.partition(".")
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    out = f"{whole}.{frac}" if frac else whole
+    return "0" if out == "0" else sign + out
 
 
 def normalize_answer(value: object) -> str:
@@ -119,7 +119,12 @@ def normalize_answer(value: object) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise AnswerError(f"non-finite number {value!r}")
-        return normalize_number(repr(value)) or repr(value)
+        text = repr(value)
+        if "e" in text or "E" in text:  # 1e+20 -> 100000000000000000000
+            from decimal import Decimal
+
+            text = format(Decimal(text), "f")
+        return normalize_number(text) or text
     if not isinstance(value, str):
         raise AnswerError(f"{type(value).__name__} is not a string or number")
     s = _WS.sub(" ", value).strip()
