@@ -1,0 +1,99 @@
+"""Consensus filtering, its validation rules, and the TRL export loading with `datasets`."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from prmforge.labeling.consensus import (
+    JUDGE_SAYS_NO_ERROR,
+    JUDGE_UNPARSED,
+    MC_EARLIER,
+    MC_FAILED,
+    MC_LATER,
+    MC_SAYS_NO_ERROR,
+    MISSING,
+    build_consensus,
+    to_trl,
+    trl_parquet_bytes,
+    validate_consensus,
+)
+
+
+def _mc(rows: list[tuple[str, int, str, int]]) -> pa.Table:
+    """(rollout_id, n_steps, status, first_error)"""
+    return pa.Table.from_pylist([
+        {"rollout_id": rid, "problem_id": f"p-{rid}", "dataset": "world", "prompt": f"Problem {rid}\n",
+         "steps": [f"{rid} step {j}" for j in range(n)], "status": st, "first_error": fe,
+         "mc_mode": "binary_search", "k": 8}
+        for rid, n, st, fe in rows
+    ])
+
+
+def _judge(rows: list[tuple[str, str, int | None]]) -> pa.Table:
+    return pa.Table.from_pylist([{"rollout_id": rid, "status": st, "first_error": fe} for rid, st, fe in rows],
+                                schema=pa.schema([("rollout_id", pa.string()), ("status", pa.string()),
+                                                  ("first_error", pa.int64())]))
+
+
+def test_keeps_agreements_and_breaks_down_disagreements() -> None:
+    mc = _mc([("a", 3, "ok", -1), ("b", 4, "ok", 2), ("c", 4, "ok", 1), ("d", 4, "ok", 3),
+              ("e", 3, "ok", -1), ("f", 3, "ok", 0), ("g", 3, "ok", 1), ("h", 3, "error", -1), ("i", 2, "ok", 0)])
+    judge = _judge([("a", "ok", -1), ("b", "ok", 2), ("c", "ok", 2), ("d", "ok", 1), ("e", "ok", 0),
+                    ("f", "ok", -1), ("g", "unparsed", None), ("h", "ok", -1), ("x", "ok", -1)])
+    res = build_consensus(mc, judge, "calculator")
+    rows = {r["rollout_id"]: r for r in res.table.to_pylist()}
+    assert set(rows) == {"a", "b"}
+    assert rows["a"]["labels"] == [True, True, True] and len(rows["a"]["steps"]) == 3
+    assert rows["b"]["labels"] == [True, True, False] and rows["b"]["steps"] == ["b step 0", "b step 1", "b step 2"]
+    assert rows["b"]["judge"] == "calculator" and rows["b"]["mc_mode"] == "binary_search" and rows["b"]["k"] == 8
+    assert res.breakdown[MC_EARLIER] == 1 and res.breakdown[MC_LATER] == 1
+    assert res.breakdown[MC_SAYS_NO_ERROR] == 1 and res.breakdown[JUDGE_SAYS_NO_ERROR] == 1
+    assert res.breakdown[JUDGE_UNPARSED] == 1 and res.breakdown[MC_FAILED] == 1
+    assert res.breakdown[MISSING] == 2  # "i" has no judge verdict, "x" no MC verdict
+    assert res.total == 10 and res.kept == 2 and res.kept_share == pytest.approx(0.2)
+    assert sum(res.breakdown.values()) + res.kept == res.total
+    assert validate_consensus(res.table, mc.column("rollout_id").to_pylist()).ok
+
+
+def test_duplicate_rollouts_are_refused() -> None:
+    mc = _mc([("a", 2, "ok", -1), ("a", 2, "ok", -1)])
+    with pytest.raises(ValueError, match="duplicate"):
+        build_consensus(mc, _judge([("a", "ok", -1)]), "calculator")
+
+
+def test_validation_reports_each_broken_rule() -> None:
+    good = build_consensus(_mc([("a", 3, "ok", 1), ("b", 2, "ok", -1)]),
+                           _judge([("a", "ok", 1), ("b", "ok", -1)]), "calculator").table
+    assert validate_consensus(good, ["a", "b"]).ok
+    bad = pa.Table.from_pylist([
+        {"rollout_id": "a", "steps": ["x", "y"], "labels": [False]},
+        {"rollout_id": "b", "steps": ["x", "y", "z"], "labels": [True, False, True]},
+        {"rollout_id": "b", "steps": ["x"], "labels": [True]},
+        {"rollout_id": "q", "steps": ["x"], "labels": [True]},
+    ])
+    v = validate_consensus(bad, ["a", "b", "b"])
+    assert not v.ok
+    assert v.labels_match_steps == ["a"]
+    assert v.label_after_negative == ["b"]
+    assert v.duplicate_ids == ["b"]
+    assert v.untraceable == ["b", "b", "q"]  # b appears twice among the rollouts, q never
+
+
+def test_trl_export_loads_with_datasets(tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    res = build_consensus(_mc([("a", 3, "ok", 1), ("b", 2, "ok", -1)]),
+                          _judge([("a", "ok", 1), ("b", "ok", -1)]), "calculator")
+    trl = to_trl(res.table)
+    assert trl.column_names == ["prompt", "completions", "labels"]
+    path = tmp_path / "trl" / "data.parquet"
+    path.parent.mkdir()
+    path.write_bytes(trl_parquet_bytes(res.table))
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert ds.num_rows == 2
+    rows = {r["prompt"]: r for r in ds}
+    assert rows["Problem a\n"]["completions"] == ["a step 0", "a step 1"]
+    assert rows["Problem a\n"]["labels"] == [True, False]
+    assert rows["Problem b\n"]["labels"] == [True, True]
+    assert ds.features["labels"].feature.dtype == "bool"
