@@ -20,9 +20,14 @@ DEFAULT_PROFILE = "demo"
 
 # stage name -> field overrides, per profile. Stages add their entries here.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {"ingest": {"world_size": 24}},
+    "tiny": {"ingest": {"world_size": 24},
+             "rollouts": {"n": 2, "max_tokens": 24, "shard_size": 4, "max_problems": 12},
+             "mc_step_labels": {"k": 2, "max_tokens": 16, "shard_size": 4, "batch_prefixes": 16},
+             "judge_step_labels": {"max_tokens": 32, "shard_size": 4}},
     "demo": {},
-    "world": {"ingest": {"world_size": 1000}},
+    "world": {"ingest": {"world_size": 1000},
+              "rollouts": {"n": 8, "shard_size": 128},
+              "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256}},
 }
 
 

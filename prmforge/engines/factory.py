@@ -1,0 +1,63 @@
+"""Engine selection by configuration: one ``EngineConfig`` -> one ``Engine``.
+
+The backend modules are imported only when chosen, so a CPU-only install never
+imports vLLM and an HF run never needs an HTTP client.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from prmforge.engines.base import Engine
+
+
+class EngineConfig(BaseModel):
+    """Everything any backend needs; each backend reads its own fields."""
+
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    model: str = Field("", description="hub id, local folder, file:// or s3:// URI, or the served model name")
+    # hf / vllm
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = Field(256, gt=0, description="hf: rows (prompt x sample) decoded together")
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = None
+    # openai
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the env var holding the API key")
+    max_concurrency: int = Field(16, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+
+    def identity(self) -> dict:
+        """The fields that change sampled text (part of resumable run keys)."""
+        keys = {"hf": ["device", "dtype"], "vllm": ["dtype", "tensor_parallel_size"], "openai": ["base_url"]}
+        return {"backend": self.backend, "model": self.model, **{k: getattr(self, k) for k in keys[self.backend]}}
+
+
+def make_engine(cfg: EngineConfig) -> Engine:
+    """Build the configured engine (loads the model / starts the worker)."""
+    if not cfg.model:
+        raise ValueError("engine model is empty: configure a model (or let the asset resolve the policy)")
+    if cfg.backend == "hf":
+        from prmforge.engines.hf import HFEngine
+
+        return HFEngine(cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                        trust_remote_code=cfg.trust_remote_code)
+    if cfg.backend == "openai":
+        from prmforge.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
+                            max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
+                            max_retries=cfg.max_retries)
+    if cfg.backend == "vllm":
+        from prmforge.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+                          trust_remote_code=cfg.trust_remote_code)
+    raise ValueError(f"unknown engine backend {cfg.backend!r}")

@@ -1,0 +1,262 @@
+"""Rollout generation: ``n`` sampled step-by-step solutions per seed problem.
+
+Plain Python (no Dagster) so the asset, the CLI (``python -m
+prmforge.rollouts_cli``) and the kill-and-resume tests run the same code. Work
+is sharded by problems through :func:`prmforge.sharding.run_sharded`; the run
+key hashes the settings, the engine identity (backend, model URI, dtype...)
+and the input's content, so a rerun with the same inputs resumes and anything
+else starts fresh. Sampling in every shard is seeded from ``(seed, shard
+index)`` and the HF engine's samples do not depend on batch composition, so a
+resumed run equals an uninterrupted one row for row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from prmforge.answers import grade
+from prmforge.engines.base import Engine, SamplingParams
+from prmforge.schemas import register_schema
+from prmforge.sharding import Progress, fingerprint, run_sharded, shard_seed
+from prmforge.steps import resolve_separator, split_steps
+from prmforge.storage import Storage
+
+DATASET = "policy_rollouts"
+ROLLOUTS_CODE_VERSION = "1"
+
+ROLLOUT_SCHEMA = register_schema(
+    DATASET,
+    pa.schema(
+        [
+            pa.field("rollout_id", pa.string(), nullable=False),
+            pa.field("problem_id", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("sample_index", pa.int64(), nullable=False),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("steps", pa.list_(pa.string()), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("extracted_answer", pa.string()),
+            pa.field("gold_answer", pa.string(), nullable=False),
+            pa.field("correct", pa.bool_(), nullable=False),
+            pa.field("prompt_tokens", pa.int64(), nullable=False),
+            pa.field("completion_tokens", pa.int64(), nullable=False),
+            pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | error
+            pa.field("truncated", pa.bool_(), nullable=False),  # hit max_tokens
+            pa.field("error", pa.string()),  # why the engine failed this prompt (finish_reason == "error")
+        ]
+    ),
+)
+
+INSTRUCT_TEMPLATE = (
+    "{problem}\n\nSolve the problem step by step. Separate the steps with a blank line and end with "
+    '"The answer is X."'
+)
+
+
+class RolloutSettings(BaseModel):
+    """How rollouts are sampled (demo defaults; profiles and run config override)."""
+
+    n: int = Field(4, gt=0, description="rollouts per problem")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(160, gt=0)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list, description="stop strings (cut from the text)")
+    prompt_template: str = Field(
+        "auto", description="'auto' (world prompt for the bootstrap policy, else an instruct prompt), 'world', "
+        "or a format string with {problem}")
+    chat_template: bool = Field(False, description="wrap the prompt with the tokenizer's chat template")
+    step_separator: str = Field("auto", description="'auto', 'world', 'paragraph' or a literal separator")
+    shard_size: int = Field(64, gt=0, description="problems per shard")
+    max_problems: int | None = Field(None, description="only the first N problems (by problem_id)")
+    truncation_warn_rate: float = Field(0.2, ge=0, le=1, description="WARN check threshold")
+
+    def run_fingerprint(self) -> dict:
+        """Fields that change the rows (the WARN threshold does not)."""
+        return self.model_dump(exclude={"truncation_warn_rate"})
+
+
+@dataclass
+class RolloutRun:
+    table: pa.Table
+    run_key: str
+    shards_total: int
+    shards_reused: int
+    shards_computed: int
+    elapsed_s: float
+    completion_tokens_computed: int
+    tokens_per_s: float
+    stats: dict = field(default_factory=dict)
+
+
+def render_prompt(problem: str, template: str, bootstrap_policy: bool) -> str:
+    """The text sent to the engine for one problem (before any chat template)."""
+    if template == "world" or (template == "auto" and bootstrap_policy):
+        from prmforge.world import prompt_for
+
+        return prompt_for(problem)
+    if template == "auto":
+        template = INSTRUCT_TEMPLATE
+    if "{problem}" not in template:
+        raise ValueError("prompt_template must contain {problem} (or be 'auto' / 'world')")
+    return template.replace("{problem}", problem)
+
+
+def chat_wrapper(model_path: str, trust_remote_code: bool = False) -> Callable[[str], str]:
+    """``prompt -> chat-formatted prompt`` using the model's own chat template."""
+    from transformers import AutoTokenizer
+
+    from prmforge.engines.hf import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust_remote_code)
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(f"chat_template=True but the tokenizer of {model_path} has no chat template")
+
+    def wrap(prompt: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+
+    return wrap
+
+
+def problems_fingerprint(problems: pa.Table) -> str:
+    cols = [problems.column(c).to_pylist() for c in ("problem_id", "problem", "answer")]
+    return fingerprint(list(zip(*cols, strict=True)))
+
+
+def select_problems(problems: pa.Table, settings: RolloutSettings) -> pa.Table:
+    """Problems in a stable order (by ``problem_id``), optionally the first N."""
+    problems = problems.sort_by("problem_id")
+    if settings.max_problems is not None:
+        problems = problems.slice(0, settings.max_problems)
+    return problems
+
+
+def rollout_rows(problem: dict, prompt: str, completions, separator: str) -> list[dict]:
+    """The table rows of one problem's completions."""
+    rows = []
+    for j, c in enumerate(completions):
+        text = c.text if c.finish_reason != "error" else ""
+        pred, ok = grade(text, problem["answer"]) if text else (None, False)
+        rows.append({
+            "rollout_id": f"{problem['problem_id']}#{j}",
+            "problem_id": problem["problem_id"],
+            "dataset": problem["dataset"],
+            "sample_index": j,
+            "prompt": prompt,
+            "steps": split_steps(text, separator) if text else [],
+            "text": text,
+            "extracted_answer": pred,
+            "gold_answer": problem["answer"],
+            "correct": bool(ok),
+            "prompt_tokens": int(c.prompt_tokens),
+            "completion_tokens": int(c.completion_tokens),
+            "finish_reason": c.finish_reason,
+            "truncated": c.finish_reason == "length",
+            "error": c.error,
+        })
+    return rows
+
+
+def summarize(table: pa.Table, n: int) -> dict:
+    """Accuracy, pass@n, truncation and finish-reason counts of a rollout table."""
+    rows = table.num_rows
+    if rows == 0:
+        return {"rollouts": 0, "problems": 0, "accuracy": 0.0, f"pass@{n}": 0.0, "truncation_rate": 0.0,
+                "finish_reasons": {}, "empty_steps": 0}
+    pids = table.column("problem_id").to_pylist()
+    correct = table.column("correct").to_pylist()
+    solved: dict[str, bool] = {}
+    for p, c in zip(pids, correct, strict=True):
+        solved[p] = solved.get(p, False) or bool(c)
+    reasons: dict[str, int] = {}
+    for r in table.column("finish_reason").to_pylist():
+        reasons[r] = reasons.get(r, 0) + 1
+    return {
+        "rollouts": rows,
+        "problems": len(solved),
+        "accuracy": sum(correct) / rows,
+        f"pass@{n}": sum(solved.values()) / len(solved),
+        "truncation_rate": sum(table.column("truncated").to_pylist()) / rows,
+        "finish_reasons": reasons,
+        "empty_steps": sum(1 for s in table.column("steps").to_pylist() if not s),
+        "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
+    }
+
+
+def generate_rollouts(
+    storage: Storage,
+    partition: str,
+    problems: pa.Table,
+    settings: RolloutSettings,
+    engine_identity: dict,
+    engine_factory: Callable[[], Engine],
+    bootstrap_policy: bool,
+    on_progress: Callable[[Progress, float], None] | None = None,
+    chat: Callable[[str], str] | None = None,
+) -> RolloutRun:
+    """Sample ``settings.n`` rollouts of every problem, resuming finished shards.
+
+    ``engine_factory`` is only called if some shard still has to be computed,
+    so a fully resumed run never loads a model. ``on_progress(progress,
+    tokens_per_s)`` is called after each computed shard.
+    """
+    problems = select_problems(problems, settings)
+    run_key = fingerprint({
+        "code": ROLLOUTS_CODE_VERSION,
+        "settings": settings.run_fingerprint(),
+        "engine": engine_identity,
+        "bootstrap": bootstrap_policy,
+        "input": problems_fingerprint(problems),
+    })
+    separator = resolve_separator(settings.step_separator, bootstrap_policy)
+    items = problems.to_pylist()
+    engine: Engine | None = None
+    tokens = 0
+    start = time.monotonic()
+
+    def work(chunk: list[dict], index: int) -> pa.Table:
+        nonlocal engine, tokens
+        if engine is None:
+            engine = engine_factory()
+        prompts = [render_prompt(p["problem"], settings.prompt_template, bootstrap_policy) for p in chunk]
+        if chat is not None:
+            prompts = [chat(p) for p in prompts]
+        params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                                max_tokens=settings.max_tokens, seed=shard_seed(settings.seed, index),
+                                stop=tuple(settings.stop))
+        results = engine.generate(prompts, params)
+        rows: list[dict] = []
+        for problem, prompt, comps in zip(chunk, prompts, results, strict=True):
+            rows.extend(rollout_rows(problem, prompt, comps, separator))
+        tokens += sum(r["completion_tokens"] for r in rows)
+        return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+
+    def progress(p: Progress) -> None:
+        if on_progress is not None:
+            elapsed = time.monotonic() - start
+            on_progress(p, tokens / elapsed if elapsed > 0 else 0.0)
+
+    try:
+        result = run_sharded(storage, DATASET, partition, run_key, items, settings.shard_size, work,
+                             ROLLOUT_SCHEMA, on_progress=progress)
+    finally:
+        if engine is not None:
+            engine.close()
+    elapsed = time.monotonic() - start
+    return RolloutRun(
+        table=result.table,
+        run_key=run_key,
+        shards_total=result.shards_total,
+        shards_reused=result.shards_reused,
+        shards_computed=result.shards_computed,
+        elapsed_s=elapsed,
+        completion_tokens_computed=tokens,
+        tokens_per_s=tokens / elapsed if elapsed > 0 and tokens else 0.0,
+        stats=summarize(result.table, settings.n),
+    )

@@ -1,0 +1,31 @@
+"""Shared fixtures of the rollout tests: a tiny policy and a seed-problem table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from prmforge.schemas import SEED_PROBLEMS
+
+
+def world_seed_table(n: int, dataset: str = "world-demo", seed: int = 5) -> pa.Table:
+    """Seed problems of the built-in world, in the ``seed_problems`` schema."""
+    from prmforge.world import generate_problems
+
+    rows = [
+        {"problem_id": f"{dataset}-{p.problem_id}", "dataset": dataset, "problem": p.problem, "answer": p.answer,
+         "split": "train", "source_row": i, "meta": json.dumps(p.meta)}
+        for i, p in enumerate(generate_problems(n, seed=seed))
+    ]
+    return pa.Table.from_pylist(rows, schema=SEED_PROBLEMS)
+
+
+def tiny_policy(path: Path) -> Path:
+    """A tiny random Llama (+ tokenizer) standing in for the bootstrap policy."""
+    from prmforge.engines.tiny import build_tiny_llama
+
+    if not (path / "model.safetensors").exists():
+        build_tiny_llama(path)
+    return path
