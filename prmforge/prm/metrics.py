@@ -28,6 +28,7 @@ class Sample:
     final_answer_correct: bool
     scores: list[float] = field(default_factory=list)
     group: str = ""  # problem id: splits never separate samples of one problem
+    problem: str = ""
 
 
 def predicted_first_error(scores: Sequence[float], threshold: float) -> int:

@@ -1,0 +1,150 @@
+"""Register a PRM version with lineage, and move ``champion`` only through the gate.
+
+Rules (tested in ``tests/test_prm_registry.py``):
+
+* every new version gets its lineage tags, its gate metric and ``prmforge.complete=true``,
+  then the alias ``challenger``;
+* ``champion`` moves to it only when the gate metric beats the champion's by
+  ``margin`` (higher is better); the first version of a model becomes champion;
+* anything unexpected while reading the champion (registry error, missing or
+  unparsable metric) refuses promotion — failing safe keeps a known-good model
+  serving;
+* ``champion`` is set last, after the version is READY and fully tagged, so no
+  half-registered version can carry it. A version whose tagging failed is deleted.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+COMPLETE_TAG = "prmforge.complete"
+GATE_TAG_PREFIX = "gate."
+
+
+@dataclass
+class GateDecision:
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+    aliases: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"version": self.version, "promoted": self.promoted, "gate_reason": self.reason,
+                "gate_metric": self.metric, "gate_value": self.value,
+                "previous_champion": self.champion_version or "", "aliases": ",".join(self.aliases)}
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The current commit of the code (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    return "RESOURCE_DOES_NOT_EXIST" in str(code) or "NOT_FOUND" in str(code)
+
+
+def read_champion(client, name: str, metric: str) -> tuple[str | None, float | None]:
+    """``(version, gate value)`` of the current champion, ``(None, None)`` if there is none.
+
+    Raises on anything else (unreachable registry, champion without a numeric gate
+    metric) so the caller refuses promotion.
+    """
+    aliases = client.get_registered_model(name).aliases or {}
+    if CHAMPION not in aliases:
+        return None, None
+    mv = client.get_model_version(name, str(aliases[CHAMPION]))
+    raw = (mv.tags or {}).get(GATE_TAG_PREFIX + metric)
+    if raw is None:
+        raise ValueError(f"champion version {mv.version} has no '{GATE_TAG_PREFIX + metric}' tag")
+    value = float(raw)
+    if math.isnan(value):
+        raise ValueError(f"champion version {mv.version} has gate value NaN")
+    return str(mv.version), value
+
+
+def _wait_ready(client, name: str, version: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, version)
+        status = str(mv.status)
+        if status.endswith("READY"):
+            return
+        if status.endswith("FAILED_REGISTRATION") or time.monotonic() > deadline:
+            raise RuntimeError(f"model version {name}/{version} did not become READY (status {status})")
+        time.sleep(0.5)
+
+
+def register_and_gate(
+    client,
+    name: str,
+    model_uri: str,
+    run_id: str | None,
+    metric: str,
+    value: float,
+    lineage: dict[str, str],
+    margin: float = 0.0,
+) -> GateDecision:
+    """Create a model version of ``model_uri`` and apply the champion gate (see module docstring)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        client.create_registered_model(name, description="prmforge process reward model")
+    mv = client.create_model_version(name, model_uri, run_id=run_id)
+    version = str(mv.version)
+    try:
+        _wait_ready(client, name, version)
+        for k, v in lineage.items():
+            client.set_model_version_tag(name, version, k, str(v)[:5000])
+        client.set_model_version_tag(name, version, GATE_TAG_PREFIX + metric, repr(float(value)))
+        client.set_model_version_tag(name, version, COMPLETE_TAG, "true")
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    except Exception:
+        try:  # never leave a half-registered version behind
+            client.delete_model_version(name, version)
+        finally:
+            raise
+    try:
+        champ_version, champ_value = read_champion(client, name, metric)
+    except Exception as exc:  # fail safe: no promotion when the champion cannot be read
+        return _decision(client, name, version, False, f"champion could not be read ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); not promoted", metric, value, None, None)
+    if math.isnan(value):
+        return _decision(client, name, version, False, "gate metric is NaN; not promoted", metric, value,
+                         champ_version, champ_value)
+    if champ_version is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return _decision(client, name, version, True, "first version: promoted to champion", metric, value,
+                         None, None)
+    if value > champ_value + margin:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return _decision(client, name, version, True, f"{metric} {value:.4f} > champion v{champ_version} "
+                         f"{champ_value:.4f} + margin {margin}", metric, value, champ_version, champ_value)
+    return _decision(client, name, version, False, f"{metric} {value:.4f} does not beat champion v{champ_version} "
+                     f"{champ_value:.4f} + margin {margin}", metric, value, champ_version, champ_value)
+
+
+def _decision(client, name: str, version: str, promoted: bool, reason: str, metric: str, value: float,
+              champ_version: str | None, champ_value: float | None) -> GateDecision:
+    aliases = list(client.get_model_version(name, version).aliases or [])
+    return GateDecision(version, promoted, reason, metric, value, champ_version, champ_value, sorted(aliases))
