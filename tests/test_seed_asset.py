@@ -69,6 +69,9 @@ def test_materialise_local_root_and_read_with_pyarrow(local_root: str, tmp_path:
         # the downstream view of the checks: latest evaluation per check recorded on the instance
         assert instance.get_latest_materialization_event(AssetKey("seed_problems")) is not None
     base = Path(Storage(local_root).base) / "datasets"
+    duckdb = pytest.importorskip("duckdb")
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{base}/seed_problems/*/data.parquet')").fetchall()[0][0]
+    assert n == 2  # the documented DuckDB query
     _assert_tables(pq.read_table(base / "seed_problems" / "mixed" / "data.parquet"),
                    pq.read_table(base / "seed_problems_quarantine" / "mixed" / "data.parquet"),
                    pq.read_table(base / "seed_problems_dropped" / "mixed" / "data.parquet"))
