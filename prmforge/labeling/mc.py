@@ -299,34 +299,15 @@ class EngineValue:
 
 
 def default_grader() -> Grader:
-    """Answer extraction and grading of the rollouts stage (``prmforge.answers``).
+    """Answer extraction and grading of the rollouts stage (``prmforge.answers.grade``).
 
     A completion is graded on its own text: it holds the remaining steps and
     the final answer, while the prefix never states a final answer (the last
     prefix, which does, is never sampled).
     """
-    try:
-        from prmforge import answers  # rollouts stage
-
-        extract = answers.extract_answer
-        grade = answers.grade_answer
-    except (ImportError, AttributeError):
-        from prmforge.world.format import extract_answer as extract
-
-        def grade(pred: str | None, gold: str) -> bool:
-            return pred is not None and _numeric_equal(pred, gold)
+    from prmforge.answers import grade
 
     def _grade(text: str, gold: str) -> bool:
-        pred = extract(text)
-        return bool(pred is not None and grade(pred, gold))
+        return bool(grade(text, gold)[1])
 
     return _grade
-
-
-def _numeric_equal(a: str, b: str) -> bool:
-    from fractions import Fraction
-
-    try:
-        return Fraction(a.replace(",", "").strip()) == Fraction(b.replace(",", "").strip())
-    except (ValueError, ZeroDivisionError):
-        return a.strip() == b.strip()

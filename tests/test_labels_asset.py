@@ -1,0 +1,195 @@
+"""Real materialisation of mc_step_labels, judge_step_labels and consensus_labels on a tiny partition."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from dagster import AssetSpec, DagsterInstance, materialize
+
+from assets.labels import consensus_labels, judge_step_labels, mc_step_labels
+from assets.partitions import dataset_partitions
+from prmforge.schemas import SEED_PROBLEMS
+from prmforge.storage import Storage
+from prmforge.world import generate_problems, meta_json, oracle_first_error, prompt_for
+from prmforge.world.generator import apply_op
+from resources import build_resources
+from resources.engine import EngineResource
+from resources.storage import StorageResource
+
+PARTITION = "world-tiny"
+ROLLOUTS_SCHEMA = pa.schema([
+    ("rollout_id", pa.string()), ("problem_id", pa.string()), ("dataset", pa.string()),
+    ("sample_index", pa.int64()), ("prompt", pa.string()), ("steps", pa.list_(pa.string())),
+    ("gold_answer", pa.string()), ("correct", pa.bool_()),
+])
+
+
+def _solution(meta: dict, slip_at: int | None = None, drop_last: bool = False) -> list[str] | None:
+    cur, steps = int(meta["start"]), []
+    for i, (op, n) in enumerate(meta["ops"]):
+        new = apply_op(cur, op, int(n))
+        if new is None:
+            return None
+        shown = new + 1 if i == slip_at else new
+        steps.append(f"{cur} {op} {n} = {shown}.")
+        cur = shown
+    if drop_last:
+        return steps[:-1] or None
+    steps[-1] += f" The answer is {cur}."
+    return steps
+
+
+def _write_inputs(storage: Storage) -> dict[str, int]:
+    """Seed problems and three rollouts per problem: correct, slip at step 0, stopped early."""
+    problems = [p for p in generate_problems(40, seed=3) if len(p.meta["ops"]) >= 2
+                and _solution(p.meta, slip_at=0) is not None][:4]
+    assert len(problems) == 4
+    seed_rows, rollout_rows = [], []
+    truth: dict[str, int] = {}
+    for i, p in enumerate(problems):
+        seed_rows.append({"problem_id": p.problem_id, "dataset": PARTITION, "problem": p.problem, "answer": p.answer,
+                          "split": "train", "source_row": i, "meta": meta_json(p)})
+        for j, (kind, steps) in enumerate([("gold", _solution(p.meta)), ("slip", _solution(p.meta, slip_at=0)),
+                                           ("early", _solution(p.meta, drop_last=True))]):
+            assert steps is not None
+            rid = f"{p.problem_id}-{j}"
+            truth[rid] = oracle_first_error(p.meta, steps).first_error
+            rollout_rows.append({"rollout_id": rid, "problem_id": p.problem_id, "dataset": PARTITION,
+                                 "sample_index": j, "prompt": prompt_for(p.problem), "steps": steps,
+                                 "gold_answer": p.answer, "correct": kind == "gold"})
+    storage.write_dataset("seed_problems", pa.Table.from_pylist(seed_rows, schema=SEED_PROBLEMS), PARTITION,
+                          schema=SEED_PROBLEMS)
+    storage.write_dataset("policy_rollouts", pa.Table.from_pylist(rollout_rows, schema=ROLLOUTS_SCHEMA), PARTITION,
+                          schema=ROLLOUTS_SCHEMA)
+    return truth
+
+
+def _materialize(instance: DagsterInstance, root: str, model: str, run_config: dict | None = None):
+    resources = build_resources(storage=StorageResource(root=root),
+                                policy_engine=EngineResource(model=model, device="cpu", batch_size=64))
+    specs = [AssetSpec(k, partitions_def=dataset_partitions) for k in ("seed_problems", "policy_rollouts")]
+    return materialize([*specs, mc_step_labels, judge_step_labels, consensus_labels], partition_key=PARTITION,
+                       instance=instance, resources=resources, run_config=run_config)
+
+
+def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from prmforge.engines.tiny import build_tiny_llama
+
+    model = str(build_tiny_llama(tmp_path / "tiny"))
+    storage = Storage(local_root)
+    truth = _write_inputs(storage)
+    # the oracle agrees with how the rollouts were built
+    assert sorted(set(truth.values()))[0] == -1 and list(truth.values()).count(0) == 4
+
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [PARTITION])
+    result = _materialize(instance, local_root, model)
+    assert result.success
+
+    mc = storage.read_dataset("mc_step_labels", PARTITION)
+    judge = storage.read_dataset("judge_step_labels", PARTITION)
+    cons = storage.read_dataset("consensus_labels", PARTITION)
+    assert mc.num_rows == judge.num_rows == 12
+    mc_rows = {r["rollout_id"]: r for r in mc.to_pylist()}
+    for r in mc_rows.values():
+        assert r["status"] == "ok" and r["mc_mode"] == "binary_search" and r["k"] == 2
+        if r["final_correct"]:  # free fact: a correct rollout costs nothing in binary search
+            assert r["first_error"] == -1 and r["completions"] == 0
+        else:
+            # a random tiny model never reaches the gold answer: every probed prefix has value 0
+            assert r["first_error"] == 0 and all(not h for h in r["probe_hard"])
+            assert r["completions"] == 2 * len(r["probe_steps"]) > 0 and r["generated_tokens"] > 0
+    judge_rows = {r["rollout_id"]: r for r in judge.to_pylist()}
+    assert all(r["status"] == "ok" and r["judge"] == "calculator" for r in judge_rows.values())
+    assert sorted(r["first_error"] for r in judge_rows.values()).count(0) == 4  # the slips
+
+    # kept: gold (-1/-1) and slips (0/0); "stopped early" rollouts: MC 0, calculator -1 -> dropped
+    kept = {r["rollout_id"]: r for r in cons.to_pylist()}
+    assert set(kept) == {rid for rid in truth if rid.endswith(("-0", "-1"))}
+    for rid, r in kept.items():
+        assert r["first_error"] == truth[rid]
+        assert len(r["labels"]) == len(r["steps"])
+        assert r["labels"] == ([True] * len(r["steps"]) if r["first_error"] == -1 else [False])
+        assert r["judge"] == "calculator" and r["mc_mode"] == "binary_search" and r["k"] == 2
+
+    mat = result.asset_materializations_for_node("consensus_labels")[0]
+    md = {k: v.value for k, v in mat.metadata.items()}
+    assert md["kept_share"] == pytest.approx(8 / 12, abs=1e-3)
+    assert md["disagreements"]["judge_says_no_error"] == 4
+    audit = md["audit"]
+    assert audit["applicable"] and audit["consensus"]["exact"] == 1.0 and audit["kept_share"] == pytest.approx(8 / 12)
+    assert audit["mc"]["n"] == 12 and audit["judge"]["n"] == 12
+    # MC and the calculator each miss the stopped-early rollouts in a different way
+    assert audit["consensus"]["exact"] >= audit["mc"]["exact"] and audit["consensus"]["exact"] >= audit["judge"]["exact"]
+    assert md["audit_target_met"] is True
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"labels_match_steps", "no_label_after_first_negative", "ids_unique",
+                           "traces_to_one_rollout", "kept_share_in_bounds"}
+    assert all(c.passed for c in checks.values())
+
+    # TRL export beside the dataset, loadable with `datasets`
+    datasets = pytest.importorskip("datasets")
+    url = md["trl_export"]
+    assert url.endswith("/datasets/consensus_labels_trl/world-tiny/data.parquet")
+    ds = datasets.load_dataset("parquet", data_files=url.removeprefix("file://"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert ds.num_rows == 8 and set(ds.column_names) == {"prompt", "completions", "labels"}
+
+    # MLflow run with the audit figures
+    mlflow_md = result.asset_materializations_for_node("consensus_labels")[0].metadata
+    run_id = mlflow_md["mlflow_run_id"].value
+    from resources.mlflow import MLflowResource
+
+    run = MLflowResource().client().get_run(run_id)
+    assert run.data.metrics["kept_share"] == pytest.approx(8 / 12)
+    assert run.data.metrics["audit_consensus_exact"] == 1.0
+
+    # rerun: every MC shard is reused, the labels are identical
+    again = _materialize(instance, local_root, model)
+    mc_md = {k: v.value for k, v in again.asset_materializations_for_node("mc_step_labels")[0].metadata.items()}
+    assert mc_md["shards_reused"] == mc_md["shards_total"] == 3 and mc_md["shards_computed"] == 0
+    assert storage.read_dataset("mc_step_labels", PARTITION).equals(mc)
+
+
+def test_blocking_checks_fail_on_untraceable_rows(local_root: str) -> None:
+    """A consensus row whose rollout is gone upstream fails traces_to_one_rollout (blocking)."""
+    from assets.labels import JUDGE_SCHEMA, MC_SCHEMA
+
+    storage = Storage(local_root)
+    truth = _write_inputs(storage)
+    rollouts = storage.read_dataset("policy_rollouts", PARTITION).to_pylist()
+    mc_rows, judge_rows = [], []
+    for r in rollouts:
+        fe = truth[r["rollout_id"]]
+        mc_rows.append({**{k: r[k] for k in ("rollout_id", "problem_id", "dataset", "prompt", "steps", "gold_answer")},
+                        "final_correct": r["correct"], "mc_mode": "per_step", "k": 4, "status": "ok",
+                        "first_error": fe, "labels": [True] * len(r["steps"]) if fe < 0 else [True] * fe + [False],
+                        "probe_steps": [], "probe_soft": [], "probe_hard": [], "completions": 0,
+                        "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "detail": None})
+        judge_rows.append({"rollout_id": r["rollout_id"], "problem_id": r["problem_id"], "dataset": PARTITION,
+                           "judge": "calculator", "status": "ok", "first_error": fe, "detail": None,
+                           "raw_output": None, "prompt_tokens": 0, "completion_tokens": 0})
+    storage.write_dataset("mc_step_labels", pa.Table.from_pylist(mc_rows, schema=MC_SCHEMA), PARTITION)
+    storage.write_dataset("judge_step_labels", pa.Table.from_pylist(judge_rows, schema=JUDGE_SCHEMA), PARTITION)
+    # the first rollout disappears upstream, another is duplicated
+    rest = rollouts[1:] + rollouts[1:2]
+    storage.write_dataset("policy_rollouts", pa.Table.from_pylist(rest, schema=ROLLOUTS_SCHEMA), PARTITION,
+                          schema=ROLLOUTS_SCHEMA)
+
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [PARTITION])
+    specs = [AssetSpec(k, partitions_def=dataset_partitions)
+             for k in ("seed_problems", "policy_rollouts", "mc_step_labels", "judge_step_labels")]
+    result = materialize([*specs, consensus_labels], partition_key=PARTITION, instance=instance,
+                         resources=build_resources(storage=StorageResource(root=local_root)), raise_on_error=False)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    bad = checks["traces_to_one_rollout"]
+    assert not bad.passed and bad.severity.value == "ERROR"
+    assert set(bad.metadata["examples"].value) == {rollouts[0]["rollout_id"], rollouts[1]["rollout_id"]}
+    assert checks["labels_match_steps"].passed and checks["ids_unique"].passed
+    # all rollouts agree (MC == judge == oracle here): nothing filtered, so the WARN check fires
+    kept = checks["kept_share_in_bounds"]
+    assert not kept.passed and kept.severity.value == "WARN"
