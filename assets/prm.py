@@ -1,1 +1,296 @@
-"""Placeholder: filled by the stage's implementation."""
+"""PRM stage: ``prm_model`` (train), ``prm_evaluation`` (ProcessBench F1, Best-of-N) and ``registered_prm``.
+
+Thin Dagster layer over ``prmforge.prm``. Models travel as storage URIs in
+``uri`` metadata, never through the IO manager; figures go to Dagster metadata
+and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from dagster import (
+    AllPartitionMapping,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.common import table_data_version, upstream_metadata, upstream_uri
+from prmforge.prm.settings import PRMEvalSettings, PRMRegistrySettings, PRMTrainSettings
+from resources.mlflow import MLflowResource
+from resources.settings import SettingsResource
+from resources.storage import StorageResource
+
+PRM_MODEL = "prm_model"
+PRM_EVALUATION = "prm_evaluation"
+REGISTERED_PRM = "registered_prm"
+
+# Targets of the world profile (issue: F1 >= 0.80; BoN@8 >= majority@8 + 5 points).
+TARGET_WORLD_F1 = 0.80
+TARGET_BON_MARGIN = 0.05
+
+
+class PRMModelConfig(Config):
+    """Run-config overrides of :class:`PRMTrainSettings` (None = the profile's value)."""
+
+    base_model: str | None = None
+    datasets: list[str] | None = None
+    epochs: float | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    micro_batch_size: int | None = None
+    max_length: int | None = None
+    seed: int | None = None
+
+
+class PRMEvalConfig(Config):
+    benchmarks: list[str] | None = None
+    bon_n: int | None = None
+    bon_problems: int | None = None
+    threshold_split: float | None = None
+
+
+class RegisteredPRMConfig(Config):
+    model_name: str | None = None
+    gate_metric: str | None = None
+    gate_margin: float | None = None
+
+
+def partition_data_versions(context: AssetExecutionContext, asset: str) -> dict[str, str]:
+    """Latest data version of each partition (or ``__all__``) of ``asset``; empty if unknown."""
+    out: dict[str, str] = {}
+    try:
+        records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)),
+                                                          limit=500).records
+    except Exception:  # noqa: BLE001 - lineage is best effort, never fatal
+        return out
+    for rec in records:  # newest first
+        event = rec.event_log_entry.dagster_event
+        if event is None or event.step_materialization_data is None:
+            continue
+        mat = event.step_materialization_data.materialization
+        key = mat.partition or "__all__"
+        version = (mat.tags or {}).get("dagster/data_version")
+        if version and key not in out:
+            out[key] = version
+    return out
+
+
+@contextmanager
+def _mlflow_run(context: AssetExecutionContext, mlflow: MLflowResource, name: str,
+                tags: dict[str, str]) -> Iterator[Any]:
+    """An MLflow run, or None (with a warning) when the tracking server is unreachable."""
+    try:
+        cm = mlflow.start_run(name, tags={**tags, "dagster_run_id": context.run.run_id})
+        run = cm.__enter__()
+    except Exception as exc:  # noqa: BLE001
+        context.log.warning(f"MLflow unavailable for {name}: {type(exc).__name__}: {exc}")
+        yield None
+        return
+    try:
+        yield run
+    except BaseException as exc:
+        cm.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    cm.__exit__(None, None, None)
+
+
+def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
+    return upstream_uri(context, "policy_model") if s.base_model == "policy" else s.base_model
+
+
+@asset(
+    ins={"consensus_labels": AssetIn(partition_mapping=AllPartitionMapping())},
+    deps=["policy_model"],
+    group_name="prm",
+    description="PRM (policy backbone + step head) trained on the consensus labels of all (or the configured) "
+    "dataset partitions; weights in storage and MLflow, passed on as `uri` metadata.",
+)
+def prm_model(
+    context: AssetExecutionContext,
+    config: PRMModelConfig,
+    consensus_labels: pa.Table,
+    settings: SettingsResource,
+    storage: StorageResource,
+    mlflow: MLflowResource,
+) -> MaterializeResult:
+    import mlflow as mlf
+
+    from prmforge.prm.pipeline import fit, select_rows
+
+    s = settings.stage(PRMTrainSettings, PRM_MODEL, **config.model_dump())
+    rows = select_rows(consensus_labels, s.datasets)
+    if not rows:
+        raise ValueError(f"no consensus label rows for datasets {s.datasets!r}; "
+                         f"present: {sorted(set(consensus_labels.column('dataset').to_pylist()))}")
+    data_version = table_data_version(pa.Table.from_pylist(rows, schema=consensus_labels.schema)).value
+    label_versions = partition_data_versions(context, "consensus_labels")
+    base = _base_model(context, s)
+    store = storage.get()
+    with _mlflow_run(context, mlflow, PRM_MODEL, {"stage": PRM_MODEL}) as run:
+        if run is not None:
+            mlflow.log_params({**s.model_dump(), "base_model_uri": base, "rows": len(rows),
+                               "data_version.consensus_labels": data_version,
+                               "data_versions.consensus_labels": json.dumps(label_versions)})
+
+        def log_fn(metrics: dict[str, float], step: int) -> None:
+            if run is not None:
+                mlf.log_metrics(metrics, step=step)
+
+        result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
+            uri = store.put_dir(folder, "models", "prm", result.run_key)
+            if run is not None:
+                mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
+                mlf.log_metric("tokens_per_s_mean", result.train.tokens_per_s)
+                mlf.log_artifacts(str(folder), "prm_model")
+    stats = result.stats.as_dict()
+    if stats.get("steps_truncated"):
+        context.log.warning(f"{stats['steps_truncated']} trailing steps dropped by truncation at "
+                            f"max_length={s.max_length} (counted, never mislabelled)")
+    return MaterializeResult(metadata={
+        "uri": MetadataValue.path(uri),
+        "base_model": base,
+        "rows": len(rows),
+        "data_version_consensus_labels": data_version,
+        "data_versions_consensus_labels": MetadataValue.json(label_versions),
+        "encode_stats": MetadataValue.json(stats),
+        "train_steps": result.train.steps,
+        "resumed_from_step": result.train.resumed_from,
+        "final_loss": round(result.train.final_loss, 5),
+        "tokens_per_s": round(result.train.tokens_per_s, 1),
+        "train_seconds": round(result.train.seconds, 1),
+        "settings": MetadataValue.json(s.model_dump()),
+        "mlflow_run_id": run.info.run_id if run is not None else "",
+    })
+
+
+@asset(
+    deps=[PRM_MODEL, "world_benchmark", "policy_model"],
+    group_name="prm",
+    description="ProcessBench-format F1 per subset (threshold chosen on a separate split), Best-of-N reranking "
+    "vs majority/random/pass@N on held-out world problems, and diagnostics; plots in MLflow.",
+)
+def prm_evaluation(
+    context: AssetExecutionContext,
+    config: PRMEvalConfig,
+    settings: SettingsResource,
+    storage: StorageResource,
+    mlflow: MLflowResource,
+) -> MaterializeResult:
+    import mlflow as mlf
+
+    from prmforge.prm.model import ProcessRewardModel
+    from prmforge.prm.pipeline import evaluate
+
+    s = settings.stage(PRMEvalSettings, PRM_EVALUATION, **config.model_dump())
+    prm_meta = upstream_metadata(context, PRM_MODEL)
+    model, tok = ProcessRewardModel.load(str(prm_meta["uri"]))
+    store = storage.get()
+    world = store.read_dataset("world_benchmark") if store.dataset_exists("world_benchmark") else None
+    try:
+        policy = upstream_uri(context, "policy_model")
+    except RuntimeError as exc:
+        context.log.warning(f"no policy for Best-of-N: {exc}")
+        policy = None
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = evaluate(model, tok, s, tmp, world_table=world, policy=policy)
+        metrics = rep.flat_metrics()
+        with _mlflow_run(context, mlflow, PRM_EVALUATION, {"stage": PRM_EVALUATION,
+                                                          "prm_run_id": str(prm_meta.get("mlflow_run_id", ""))}) as run:
+            if run is not None:
+                mlflow.log_params({**s.model_dump(), "prm_uri": prm_meta["uri"]})
+                mlf.log_metrics({k: v for k, v in metrics.items() if v == v})
+                for p in rep.plots:
+                    mlf.log_artifact(p, "plots")
+                mlf.log_text(rep.markdown(), "summary.md")
+                mlf.log_dict({str(n): c for n, c in rep.curve.items()}, "bon_curve.json")
+    targets: dict[str, Any] = {}
+    world_f1 = rep.report.get("world", {}).get("f1")
+    if world_f1 is not None:
+        targets["target_world_f1_met"] = bool(world_f1 >= TARGET_WORLD_F1)
+    if rep.bon:
+        targets["target_bon_met"] = bool(rep.bon["prm_min"] >= rep.bon["majority"] + TARGET_BON_MARGIN)
+    if targets and not all(targets.values()):
+        targets["target_note"] = (
+            f"measured world F1 {world_f1 if world_f1 is not None else float('nan'):.3f} (target {TARGET_WORLD_F1}), "
+            f"BoN min {rep.bon.get('prm_min', float('nan')):.3f} vs majority {rep.bon.get('majority', float('nan')):.3f}"
+            "; the main limit is labelled-data volume and policy quality (see docs/readme/prm.md)")
+    return MaterializeResult(metadata={
+        "summary": MetadataValue.md(rep.markdown()),
+        "threshold": round(rep.threshold, 4),
+        **{k: round(float(v), 4) for k, v in metrics.items() if v == v},
+        "benchmark_rejected": MetadataValue.json(rep.rejected),
+        "bon_curve": MetadataValue.json({str(n): c for n, c in rep.curve.items()}),
+        "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
+        **targets,
+        "mlflow_run_id": run.info.run_id if run is not None else "",
+    })
+
+
+@asset(
+    deps=[PRM_EVALUATION],
+    group_name="prm",
+    description="The PRM logged as an MLflow pyfunc (problem + steps → one score per step), registered with "
+    "lineage tags; alias `challenger`, and `champion` only if the gate metric beats the champion by the margin.",
+)
+def registered_prm(
+    context: AssetExecutionContext,
+    config: RegisteredPRMConfig,
+    settings: SettingsResource,
+    mlflow: MLflowResource,
+) -> MaterializeResult:
+    import mlflow as mlf
+
+    from prmforge.prm.model import resolve_model_dir
+    from prmforge.prm.pyfunc import log_pyfunc
+    from prmforge.prm.registry import git_commit, register_and_gate
+
+    s = settings.stage(PRMRegistrySettings, REGISTERED_PRM, **config.model_dump())
+    prm_meta = upstream_metadata(context, PRM_MODEL)
+    eval_meta = upstream_metadata(context, PRM_EVALUATION)
+    value = float(eval_meta.get(s.gate_metric, float("nan")))
+    if value != value:
+        context.log.warning(f"gate metric {s.gate_metric!r} missing from prm_evaluation: no promotion")
+    lineage = {
+        "data_versions.seed_problems": json.dumps(partition_data_versions(context, "seed_problems")),
+        "data_versions.policy_rollouts": json.dumps(partition_data_versions(context, "policy_rollouts")),
+        "data_versions.consensus_labels": json.dumps(partition_data_versions(context, "consensus_labels")),
+        "data_version.training_labels": str(prm_meta.get("data_version_consensus_labels", "")),
+        "git_commit": git_commit(),
+        "config": json.dumps({"train": prm_meta.get("settings"), "gate": s.model_dump()}, default=str),
+        "prm_uri": str(prm_meta["uri"]),
+        "base_model": str(prm_meta.get("base_model", "")),
+        "dagster_run_id": context.run.run_id,
+    }
+    local = resolve_model_dir(str(prm_meta["uri"]))
+    mlflow._activate()
+    run_id = str(prm_meta.get("mlflow_run_id") or "") or None
+    if run_id:
+        with mlf.start_run(run_id=run_id):
+            info = log_pyfunc(local)
+    else:
+        with mlflow.start_run(REGISTERED_PRM, tags={"stage": REGISTERED_PRM}):
+            info = log_pyfunc(local)
+    decision = register_and_gate(mlflow.client(), s.model_name, info.model_uri, info.run_id, s.gate_metric,
+                                 value, lineage, s.gate_margin)
+    context.log.info(f"registered {s.model_name} v{decision.version}: {decision.reason}")
+    return MaterializeResult(metadata={
+        **decision.as_metadata(),
+        "model_name": s.model_name,
+        "model_uri": f"models:/{s.model_name}/{decision.version}",
+        "lineage": MetadataValue.json(lineage),
+    })

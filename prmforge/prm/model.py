@@ -213,6 +213,9 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 5
     torch.manual_seed(seed)
     backbone, tok = load_backbone(base_model, trust_remote_code)
     tid = ensure_step_token(tok, backbone)
+    limit = getattr(backbone.config, "max_position_embeddings", None)
+    if limit:  # never format past what the backbone was built for
+        max_length = min(max_length, int(limit))
     cfg = PRMConfig(head=head, step_token=STEP_TOKEN, step_token_id=tid, max_length=max_length,
                     prompt_format=prompt_format, base_model=base_model)  # type: ignore[arg-type]
     return ProcessRewardModel(backbone, cfg, seed=seed), tok

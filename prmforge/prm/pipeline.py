@@ -1,0 +1,218 @@
+"""End-to-end PRM steps used by the Dagster assets and the ``torchrun`` CLI.
+
+``fit`` turns label rows into a saved PRM folder (resumable through storage
+checkpoints); ``evaluate`` scores ProcessBench-format benchmarks and Best-of-N
+candidates sampled from the policy, and writes the figures and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from prmforge.prm.benchmarks import load_source
+from prmforge.prm.data import EncodeStats, encode_dataset
+from prmforge.prm.metrics import (
+    Candidate,
+    Sample,
+    best_of_n,
+    bon_curve,
+    choose_threshold,
+    min_on_last_step_share,
+    plot_bon_curve,
+    plot_calibration,
+    processbench_report,
+    rawp_detection,
+    split_calibration,
+    step_calibration,
+    summary_markdown,
+)
+from prmforge.prm.model import ProcessRewardModel, build_prm, score_steps
+from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
+from prmforge.prm.train import CheckpointStore, TrainConfig, TrainResult, train_prm
+from prmforge.sharding import fingerprint
+
+
+@dataclass
+class FitResult:
+    model: ProcessRewardModel
+    tokenizer: object
+    stats: EncodeStats
+    train: TrainResult
+    run_key: str
+
+
+def train_config(s: PRMTrainSettings) -> TrainConfig:
+    return TrainConfig(loss=s.loss, lr=s.lr, weight_decay=s.weight_decay, warmup_ratio=s.warmup_ratio,
+                       epochs=s.epochs, max_steps=s.max_steps, micro_batch_size=s.micro_batch_size,
+                       grad_accum=s.grad_accum, max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16,
+                       checkpoint_every=s.checkpoint_every)
+
+
+def select_rows(table: pa.Table, datasets: Sequence[str] | None) -> list[dict]:
+    """Rows of the configured dataset partitions (all when ``datasets`` is None)."""
+    if datasets is not None and "dataset" in table.column_names:
+        wanted = set(datasets)
+        rows = [r for r in table.to_pylist() if r["dataset"] in wanted]
+    else:
+        rows = table.to_pylist()
+    return rows
+
+
+def fit(
+    rows: Sequence[dict],
+    s: PRMTrainSettings,
+    base_model: str,
+    storage=None,
+    data_version: str = "",
+    log_fn: Callable[[dict[str, float], int], None] | None = None,
+) -> FitResult:
+    """Build a PRM on ``base_model``, encode ``rows`` and train (resuming from storage checkpoints).
+
+    The checkpoint run key hashes the settings, base model and data version, so a
+    changed input never resumes from a stale checkpoint.
+    """
+    model, tok = build_prm(base_model, head=s.head, max_length=s.max_length, seed=s.seed,
+                           trust_remote_code=s.trust_remote_code)
+    examples, stats = encode_dataset(tok, rows, model.config.step_token_id, s.max_length)
+    run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
+    store = CheckpointStore(storage, run_key) if storage is not None else None
+    result = train_prm(model, examples, train_config(s), tok.pad_token_id, checkpoints=store, log_fn=log_fn)
+    return FitResult(model, tok, stats, result, run_key)
+
+
+# ---- evaluation -------------------------------------------------------------------
+@dataclass
+class EvalReport:
+    threshold: float
+    calibration_report: dict[str, dict[str, float]]
+    report: dict[str, dict[str, float]]
+    bon: dict[str, float]
+    curve: dict[int, dict[str, float]]
+    diagnostics: dict[str, float]
+    rejected: dict[str, int]
+    plots: list[str] = field(default_factory=list)
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def flat_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"threshold": self.threshold}
+        for subset, r in self.report.items():
+            for k in ("error_acc", "correct_acc", "f1"):
+                out[f"{subset}_{k}"] = r[k]
+        out.update({f"bon{self.counts.get('bon_n', 0):.0f}_{k}": v for k, v in self.bon.items()})
+        out.update(self.diagnostics)
+        out.update(self.counts)
+        return out
+
+    def markdown(self) -> str:
+        return summary_markdown(self.report, self.threshold, self.bon, self.diagnostics)
+
+
+def _limit(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
+    if n is None:
+        return samples
+    out: list[Sample] = []
+    for subset in sorted({s.subset for s in samples}):
+        group = [s for s in samples if s.subset == subset]
+        random.Random(f"{seed}:{subset}").shuffle(group)
+        out += group[:n]
+    return out
+
+
+def sample_bon(policy: str, problems: Sequence[dict], s: PRMEvalSettings) -> list[list[tuple[list[str], str | None,
+                                                                                              bool]]]:
+    """N policy samples per problem as ``(steps, extracted answer, correct)``; errors become wrong candidates."""
+    from prmforge.answers import grade
+    from prmforge.engines.base import SamplingParams
+    from prmforge.engines.hf import HFEngine
+    from prmforge.steps import split_steps
+    from prmforge.world import STEP_SEPARATOR, prompt_for
+
+    engine = HFEngine(policy, batch_size=s.engine_batch_size)
+    try:
+        outs = engine.generate([prompt_for(p["problem"]) for p in problems],
+                               SamplingParams(n=s.bon_n, temperature=s.bon_temperature, max_tokens=s.bon_max_tokens,
+                                              seed=s.seed))
+    finally:
+        engine.close()
+    result = []
+    for prob, comps in zip(problems, outs, strict=True):
+        cands = []
+        for c in comps:
+            if c.error:
+                cands.append(([], None, False))
+                continue
+            answer, correct = grade(c.text, str(prob["answer"]))
+            cands.append((split_steps(c.text, STEP_SEPARATOR), answer, bool(correct)))
+        result.append(cands)
+    return result
+
+
+def evaluate(
+    model: ProcessRewardModel,
+    tokenizer,
+    s: PRMEvalSettings,
+    out_dir: str | Path,
+    world_table: pa.Table | None = None,
+    policy: str | None = None,
+) -> EvalReport:
+    """ProcessBench-format figures per subset, Best-of-N and diagnostics; PNGs into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    rejected: dict[str, int] = {}
+    for source in s.benchmarks:
+        loaded = load_source(source, world_table)
+        samples += loaded.samples
+        for k, v in loaded.rejected.items():
+            rejected[k] = rejected.get(k, 0) + v
+    samples = _limit(samples, s.max_samples_per_subset, s.seed)
+    scores = score_steps(model, tokenizer, [(x.problem, x.steps) for x in samples], batch_size=s.score_batch_size)
+    for x, sc in zip(samples, scores, strict=True):
+        x.scores = sc
+    unscored = sum(1 for x in samples for v in x.scores if math.isnan(v))
+    calib, test = split_calibration(samples, s.threshold_split, s.seed)
+    threshold = choose_threshold(calib) if calib else 0.5
+    report = processbench_report(test, threshold)
+    diagnostics = {
+        "min_on_last_step_share": min_on_last_step_share(test),
+        "min_on_last_step_share_erroneous": min_on_last_step_share([x for x in test if x.label >= 0]),
+    }
+    rawp = rawp_detection(test, threshold)
+    diagnostics.update({"rawp_n": rawp["n"], "rawp_flagged": rawp["flagged"], "rawp_exact": rawp["exact"]})
+    cal = step_calibration(test)
+    diagnostics["step_ece"] = float(cal["ece"])
+    plots = [plot_calibration(cal, str(out_dir / "calibration.png"))]
+    (out_dir / "calibration.json").write_text(json.dumps(cal))
+    bon: dict[str, float] = {}
+    curve: dict[int, dict[str, float]] = {}
+    counts = {"samples_test": float(len(test)), "samples_calibration": float(len(calib)),
+              "steps_unscored": float(unscored), "bon_n": float(s.bon_n)}
+    if policy and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
+        seen: dict[str, dict] = {}
+        for row in world_table.to_pylist():
+            pid = str(row.get("problem_id") or row.get("id"))
+            if pid not in seen and row.get("answer") is not None:
+                seen[pid] = row
+        problems = sorted(seen.values(), key=lambda r: str(r.get("problem_id")))
+        random.Random(s.seed).shuffle(problems)
+        problems = problems[: s.bon_problems]
+        sampled = sample_bon(policy, problems, s)
+        flat = [(p["problem"], steps) for p, cands in zip(problems, sampled, strict=True) for steps, _, _ in cands]
+        flat_scores = score_steps(model, tokenizer, flat, batch_size=s.score_batch_size)
+        it = iter(flat_scores)
+        bon_problems = [[Candidate(ans, ok, next(it)) for _steps, ans, ok in cands]
+                        for cands in sampled]
+        # An empty candidate (engine error) has no steps: its score list is empty → never picked.
+        bon = best_of_n(bon_problems, s.bon_n)
+        curve = bon_curve(bon_problems, s.bon_n)
+        plots.append(plot_bon_curve(curve, str(out_dir / "bon_vs_n.png")))
+        counts["bon_problems"] = float(len(bon_problems))
+    return EvalReport(threshold, processbench_report(calib, threshold), report, bon, curve, diagnostics, rejected,
+                      plots, counts)
