@@ -30,6 +30,16 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
               "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256}},
 }
 
+# PRM stage (prm_model / prm_evaluation / registered_prm); demo defaults live in prmforge.prm.settings.
+PROFILES["tiny"].update({
+    "prm_model": {"epochs": 1.0, "micro_batch_size": 8, "max_length": 128, "checkpoint_every": 5},
+    "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 32, "max_samples_per_subset": 40},
+})
+PROFILES["world"].update({
+    "prm_model": {"epochs": 4.0, "micro_batch_size": 32, "lr": 1.5e-3, "checkpoint_every": 100},
+    "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
+})
+
 
 def active_profile() -> str:
     """``PRMFORGE_PROFILE`` or ``demo``."""
