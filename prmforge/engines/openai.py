@@ -1,0 +1,185 @@
+"""OpenAI-compatible ``/v1/completions`` backend (vLLM serve, SGLang, TGI, OpenAI).
+
+Async with bounded concurrency: every prompt is one request (``n`` samples in
+it, so the server shares the prompt's prefill); at most ``max_concurrency``
+requests are in flight. Each request has a timeout and is retried with
+exponential backoff and jitter on 429, 5xx, timeouts, connection errors and
+unparseable bodies (``Retry-After`` is honoured). A prompt that still fails
+becomes ``n`` ``Completion(finish_reason="error")`` rows: one bad prompt never
+loses a shard. The API key is read from the env var whose *name* is
+configured; it is sent only in the ``Authorization`` header and scrubbed from
+every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from prmforge.engines.base import Completion, Engine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    pass
+
+
+class OpenAIEngine(Engine):
+    """Completions from any OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 16,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if max_concurrency <= 0:
+            raise ValueError("max_concurrency must be positive")
+        self.model = model
+        self.url = base_url.rstrip("/") + "/completions"
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+
+    # ---- secrets -------------------------------------------------------------
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def _scrub(self, text: str) -> str:
+        key = self._key()
+        if key:
+            text = text.replace(key, "***")
+        return text[:500]
+
+    # ---- public API ----------------------------------------------------------
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        coro = self.agenerate(prompts, params)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        # Called from inside an event loop: run ours in a helper thread.
+        out: list[Any] = []
+        err: list[BaseException] = []
+
+        def runner() -> None:
+            try:
+                out.append(asyncio.run(coro))
+            except BaseException as exc:  # pragma: no cover - re-raised below
+                err.append(exc)
+
+        t = threading.Thread(target=runner)
+        t.start()
+        t.join()
+        if err:
+            raise err[0]
+        return out[0]
+
+    async def agenerate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        headers = {"Content-Type": "application/json"}
+        key = self._key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        sem = asyncio.Semaphore(self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits, headers=headers) as client:
+            tasks = [self._one(client, sem, p, params) for p in prompts]
+            return list(await asyncio.gather(*tasks))
+
+    # ---- one prompt ----------------------------------------------------------
+    def _body(self, prompt: str, params: SamplingParams) -> dict:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "n": params.n,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: str,
+                   params: SamplingParams) -> list[Completion]:
+        body = self._body(prompt, params)
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with sem:
+                    return await self._request(client, body, params.n)
+            except _Fatal as exc:
+                last = str(exc)
+                break
+            except _Retryable as exc:
+                last = str(exc)
+                delay = exc.retry_after
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'request failed'}"
+                delay = None
+            if attempt < self.max_retries:
+                backoff = min(self.backoff_max_s, self.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+                wait = min(self.backoff_max_s, delay) if delay is not None else backoff
+                log.info("completion request failed (%s); retry %d/%d in %.2fs", last, attempt + 1,
+                         self.max_retries, wait)
+                await asyncio.sleep(wait)
+        error = f"after {attempt + 1} attempt(s): {last}"
+        return [Completion(text="", finish_reason="error", error=error) for _ in range(params.n)]
+
+    async def _request(self, client: httpx.AsyncClient, body: dict, n: int) -> list[Completion]:
+        resp = await client.post(self.url, content=json.dumps(body))
+        if resp.status_code != 200:
+            msg = f"HTTP {resp.status_code}: {self._scrub(resp.text)}"
+            if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
+                retry_after = None
+                try:
+                    retry_after = float(resp.headers.get("retry-after", ""))
+                except ValueError:
+                    pass
+                raise _Retryable(msg, retry_after)
+            raise _Fatal(msg)
+        try:
+            data = resp.json()
+            choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
+            texts = [str(c["text"]) for c in choices]
+            reasons = [c.get("finish_reason") for c in choices]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Retryable(f"unparseable response ({type(exc).__name__}): {self._scrub(resp.text[:200])}") from exc
+        if len(texts) != n:
+            raise _Retryable(f"server returned {len(texts)} choices, expected {n}")
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        total = int(usage.get("completion_tokens") or 0)
+        # The API reports one total; split it evenly (remainder to the first choices).
+        per = [total // n + (1 if i < total % n else 0) for i in range(n)]
+        return [
+            Completion(text=t, prompt_tokens=prompt_tokens, completion_tokens=per[i],
+                       finish_reason="length" if r == "length" else "stop")
+            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+        ]
