@@ -86,6 +86,16 @@ class DatasetSpec(BaseModel):
             raise ValueError("hub source needs an id: hub:<owner>/<name>")
         return v
 
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: str) -> str:
+        from prmforge.ingest.settings import ALLOWED_SPLITS, SPLIT_ALIASES
+
+        s = SPLIT_ALIASES.get(v.strip().lower(), v.strip().lower())
+        if s not in ALLOWED_SPLITS:
+            raise ValueError(f"split {v!r} not in {list(ALLOWED_SPLITS)}")
+        return s
+
     @field_validator("columns")
     @classmethod
     def _columns(cls, v: dict[str, str]) -> dict[str, str]:

@@ -83,7 +83,7 @@ def test_dedupe_within_and_across_partitions(local_root: str, tmp_path: Path) ->
     a = _jsonl(tmp_path / "a.jsonl", [{"problem": "Shared problem?", "answer": "1"},
                                        {"problem": "Only in A?", "answer": "2"},
                                        {"problem": "Only in A?", "answer": "2"}])
-    b = _jsonl(tmp_path / "b.jsonl", [{"problem": "Shared   problem?", "answer": "1"},
+    b = _jsonl(tmp_path / "b.jsonl", [{"problem": "Shared   problem?", "answer": "1.0"},
                                        {"problem": "Only in B?", "answer": "3"}])
     ra = ingest_dataset(DatasetSpec(key="a", source=str(a)), IngestSettings(), storage)
     assert ra.counts()["deduplicated"] == 1 and ra.accepted.num_rows == 2
@@ -93,7 +93,12 @@ def test_dedupe_within_and_across_partitions(local_root: str, tmp_path: Path) ->
     assert rb.conserved and rb.accepted.column("problem").to_pylist() == ["Only in B?"]
     (dup,) = rb.dropped.to_pylist()
     assert dup["kind"] == "duplicate" and dup["matched"].startswith("a:") and dup["source_row"] == 0
+    assert "differ" not in dup["detail"]  # "1.0" normalises to "1"
     storage.write_dataset("seed_problems", rb.accepted, "b")
+
+    c = _jsonl(tmp_path / "c.jsonl", [{"problem": "Only in B?", "answer": "4"}])
+    (dup_c,) = ingest_dataset(DatasetSpec(key="c", source=str(c)), IngestSettings(), storage).dropped.to_pylist()
+    assert dup_c["matched"].startswith("b:") and "answers differ: '3' there, '4' here" in dup_c["detail"]
 
     # re-ingesting A is stable: B no longer holds the shared problem, so A keeps it
     again = ingest_dataset(DatasetSpec(key="a", source=str(a)), IngestSettings(), storage)

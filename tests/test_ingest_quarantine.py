@@ -162,3 +162,11 @@ def test_empty_file(tmp_path: Path) -> None:
     r = _ingest(path)
     assert r.counts()["rows_read"] == 1 and _reasons(r) == {-1: "empty_file"}
     assert r.accepted.num_rows == 0
+
+
+def test_utf8_bom_and_crlf_lines(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"problem": "A?", "answer": "1"}).encode() + b"\r\n"
+                     + json.dumps({"problem": "B?", "answer": "2"}).encode() + b"\r\n")
+    r = _ingest(path)
+    assert r.accepted.column("problem").to_pylist() == ["A?", "B?"] and r.quarantined_count == 0

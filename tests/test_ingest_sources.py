@@ -124,6 +124,9 @@ def test_registry_add_list_get_and_validation(tmp_path: Path) -> None:
         add_dataset("cols", "f.jsonl", columns={"questionz": "q"}, path=path)
     with pytest.raises(RegistryError, match="bundled"):
         add_dataset("b", "bundled:../secrets", path=path)
+    with pytest.raises(RegistryError, match="split"):
+        add_dataset("s", "f.jsonl", split="holdout", path=path)
+    assert add_dataset("s", "f.jsonl", split="dev", path=path).split == "validation"
     with pytest.raises(KeyError, match="unknown-ds"):
         get_dataset("unknown-ds", path)
     path.write_text("datasets: [1, 2]\n")

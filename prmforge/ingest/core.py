@@ -237,15 +237,16 @@ def _meta_json(meta: dict[str, Any], rec: RawRecord) -> str:
     return json.dumps(meta, default=str, ensure_ascii=False, sort_keys=True)
 
 
-def _other_partitions(storage: Any, key: str) -> dict[str, tuple[str, str]]:
-    """text key → (partition, problem_id) of problems accepted in other stored partitions."""
-    seen: dict[str, tuple[str, str]] = {}
+def _other_partitions(storage: Any, key: str) -> dict[str, tuple[str, str, str]]:
+    """text key → (partition, problem_id, answer) of problems accepted in other stored partitions."""
+    seen: dict[str, tuple[str, str, str]] = {}
     for part in storage.list_partitions(SEED_DATASET):
         if part == key:
             continue
-        table = storage.read_dataset(SEED_DATASET, part).select(["problem_id", "problem"])
-        for pid, text in zip(table.column("problem_id").to_pylist(), table.column("problem").to_pylist(), strict=True):
-            seen.setdefault(text_key(text), (part, pid))
+        table = storage.read_dataset(SEED_DATASET, part)
+        for pid, text, answer in zip(table.column("problem_id").to_pylist(), table.column("problem").to_pylist(),
+                                     table.column("answer").to_pylist(), strict=True):
+            seen.setdefault(text_key(text), (part, pid, answer))
     return seen
 
 
@@ -273,7 +274,7 @@ def ingest_records(
     records: Iterator[RawRecord],
     settings: IngestSettings,
     index: BenchmarkIndex | None = None,
-    others: dict[str, tuple[str, str]] | None = None,
+    others: dict[str, tuple[str, str, str]] | None = None,
 ) -> IngestResult:
     """The pure core: raw records → :class:`IngestResult` (no storage access)."""
     col = _Collector(spec.key, settings)
@@ -328,7 +329,10 @@ def ingest_records(
             continue
         other = (others or {}).get(text_key(c.problem))
         if other:
-            col.drop(c, "duplicate", f"{other[0]}:{other[1]}", f"same problem already in partition {other[0]!r}")
+            detail = f"same problem already in partition {other[0]!r}"
+            if other[2] != c.answer:  # worth a look: one of the two sources has a wrong answer
+                detail += f"; answers differ: {other[2]!r} there, {c.answer!r} here"
+            col.drop(c, "duplicate", f"{other[0]}:{other[1]}", detail)
             continue
         accepted.append(c)
 

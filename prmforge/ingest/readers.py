@@ -134,6 +134,8 @@ def read_file(
         yield RawRecord(error=("malformed_file", f"cannot read: {type(exc).__name__}: {exc}"), file=name,
                         file_row=FILE_ROW)
         return
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark (Excel, Notepad)
+        data = data[3:]
     if not data.strip():
         yield RawRecord(error=("empty_file", f"{len(data)} bytes, no records"), file=name, file_row=FILE_ROW)
         return
