@@ -5,7 +5,6 @@ Thin Dagster layer over ``prmforge.prm``. Models travel as storage URIs in
 and MLflow.
 """
 
-from __future__ import annotations
 
 import json
 import tempfile

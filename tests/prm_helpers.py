@@ -34,3 +34,37 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
             labels.append(ok)
         rows.append({"prompt": f"Problem: sums {i}\nSolution:\n", "steps": steps, "labels": labels})
     return rows
+
+
+def corrupt(step: str) -> str:
+    """A wrong version of a step: the last number in it is off by one."""
+    import re
+
+    nums = list(re.finditer(r"-?\d+", step))
+    if not nums:
+        return step + " (and 1 more)"
+    m = nums[-1]
+    return step[: m.start()] + str(int(m.group()) + 1) + step[m.end():]
+
+
+def world_rows(n: int, seed: int, split: str = "train", dataset: str = "world-a") -> tuple[list[dict], list[dict]]:
+    """(consensus-label rows, world-benchmark rows) built from world problems and oracle-style corruption."""
+    from prmforge.world import generate_problems, prompt_for
+
+    rng = random.Random(seed)
+    labels, bench = [], []
+    for i, p in enumerate(generate_problems(n, seed=seed, difficulty="easy", split=split)):
+        steps = list(p.steps)
+        err = -1 if i % 2 == 0 else rng.randrange(len(steps))
+        if err >= 0:
+            steps[err] = corrupt(steps[err])
+        kept = steps if err < 0 else steps[: err + 1]
+        labels.append({"problem_id": p.problem_id, "rollout_id": f"{p.problem_id}-r{i}", "dataset": dataset,
+                       "prompt": prompt_for(p.problem), "steps": kept,
+                       "labels": [True] * len(kept) if err < 0 else [True] * err + [False],
+                       "first_error": err, "mc_mode": "oracle", "k": 0, "judge": "none"})
+        bench.append({"id": f"wb-{i}", "problem": p.problem, "steps": steps, "label": err,
+                      "final_answer_correct": err < 0 or err < len(steps) - 1 and i % 4 == 1,
+                      "problem_id": p.problem_id, "error_kind": "arithmetic" if err >= 0 else "",
+                      "answer": p.answer})
+    return labels, bench

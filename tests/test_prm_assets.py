@@ -1,0 +1,104 @@
+"""Real Dagster materialisation of prm_model, prm_evaluation and registered_prm (tiny profile).
+
+Upstream assets are tiny stand-ins with the real contracts (keys, partitions, schemas,
+``uri`` metadata), so this test does not depend on the policy/labelling stages' speed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from dagster import AssetKey, DagsterInstance, MaterializeResult, asset, materialize
+from prm_helpers import CORPUS, world_rows
+
+from assets.partitions import dataset_partitions
+from assets.prm import prm_evaluation, prm_model, registered_prm
+from prmforge.labeling.consensus import CONSENSUS_SCHEMA
+from resources import build_resources
+from resources.storage import StorageResource
+
+torch.set_num_threads(1)
+
+LABELS_A, BENCH = world_rows(24, seed=1, dataset="world-a")
+LABELS_B, _ = world_rows(12, seed=2, dataset="world-b")
+_, BENCH = world_rows(16, seed=3, split="heldout")
+
+
+@asset(name="policy_model")
+def policy_stub(storage: StorageResource) -> MaterializeResult:
+    from prmforge.prm.tiny import build_tiny_backbone
+    from prmforge.world import generate_problems
+
+    texts = CORPUS + [p.problem + "\n" + "\n".join(p.steps) for p in generate_problems(30, 0, "easy")]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_backbone(Path(tmp) / "m", texts, hidden_size=32, layers=1, vocab_size=400)
+        uri = storage.get().put_dir(Path(tmp) / "m", "models", "policy", "stub")
+    return MaterializeResult(metadata={"uri": uri})
+
+
+@asset(name="world_benchmark")
+def bench_stub() -> pa.Table:
+    return pa.Table.from_pylist(BENCH)
+
+
+@asset(name="consensus_labels", partitions_def=dataset_partitions)
+def labels_stub(context) -> pa.Table:
+    rows = LABELS_A if context.partition_key == "world-a" else LABELS_B
+    return pa.Table.from_pylist(rows, schema=CONSENSUS_SCHEMA)
+
+
+ALL = [policy_stub, bench_stub, labels_stub, prm_model, prm_evaluation, registered_prm]
+
+
+@pytest.mark.slow
+def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
+    import mlflow
+
+    from prmforge.prm.model import ProcessRewardModel, score_steps
+
+    resources = build_resources(storage=StorageResource(root=local_root))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["world-a", "world-b"])
+    for key in ("world-a", "world-b"):
+        assert materialize(ALL, selection=[labels_stub], partition_key=key, instance=instance,
+                           resources=resources).success
+    res = materialize(ALL, selection=[policy_stub, bench_stub, prm_model, prm_evaluation, registered_prm],
+                      instance=instance, resources=resources)
+    assert res.success
+
+    def meta(name: str) -> dict:
+        ev = instance.get_latest_materialization_event(AssetKey(name))
+        return {k: v.value for k, v in ev.asset_materialization.metadata.items()}
+
+    m = meta("prm_model")
+    assert m["rows"] == len(LABELS_A) + len(LABELS_B)  # both partitions concatenated
+    assert str(m["uri"]).startswith("file://") and "/models/prm/" in str(m["uri"])
+    model, tok = ProcessRewardModel.load(str(m["uri"]))
+    assert len(score_steps(model, tok, [("Tom has 3 apples.", ["3 + 4 = 7"])])[0]) == 1
+
+    e = meta("prm_evaluation")
+    assert 0.0 <= e["world_f1"] <= 1.0 and "| world |" in e["summary"]
+    assert {"bon2_prm_min", "bon2_majority", "bon2_pass_at_n", "min_on_last_step_share", "rawp_flagged"} <= set(e)
+    r = meta("registered_prm")
+    assert r["version"] == "1" and r["promoted"] is True and "champion" in r["aliases"]
+
+    # MLflow holds the training curve, the plots and the lineage.
+    client = mlflow.MlflowClient(resources["mlflow"].tracking_uri)
+    hist = client.get_metric_history(m["mlflow_run_id"], "loss")
+    assert len(hist) == m["train_steps"] and client.get_metric_history(m["mlflow_run_id"], "tokens_per_s")
+    plots = {f.path for f in client.list_artifacts(e["mlflow_run_id"], "plots")}
+    assert plots == {"plots/calibration.png", "plots/bon_vs_n.png"}
+    mv = client.get_model_version("prmforge-prm", "1")
+    assert "data_versions.consensus_labels" in mv.tags and "git_commit" in mv.tags
+
+    # A challenger that must beat the champion by an impossible margin is refused.
+    again = materialize(ALL, selection=[registered_prm], instance=instance, resources=resources,
+                        run_config={"ops": {"registered_prm": {"config": {"gate_margin": 2.0}}}})
+    assert again.success
+    r2 = meta("registered_prm")
+    assert r2["version"] == "2" and r2["promoted"] is False and r2["aliases"] == "challenger"
+    assert str(client.get_model_version_by_alias("prmforge-prm", "champion").version) == "1"
