@@ -102,3 +102,85 @@ def test_llm_judge_through_real_hf_engine(tmp_path) -> None:
             assert -1 <= o.verdict.first_error < len(st)
         else:
             assert o.verdict.first_error is None
+
+
+class _JudgeServer:
+    """A real OpenAI-compatible ``/v1/completions`` server on 127.0.0.1 acting as a judge model.
+
+    Its "model" reads the numbered steps out of the critique prompt and answers
+    with the calculator's verdict in ``\\boxed{}``; prompts whose problem
+    mentions ``RAMBLE`` get an answer without a verdict, ``ABSTAIN`` an
+    abstention and ``BROKEN`` an HTTP 400 (not retried).
+    """
+
+    def __init__(self) -> None:
+        import json
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from prmforge.labeling.calculator import first_wrong_step
+
+        self.prompts: list[str] = []
+        server = self
+
+        def reply(prompt: str) -> tuple[int, str]:
+            if "BROKEN" in prompt:
+                return 400, ""
+            if "RAMBLE" in prompt:
+                return 200, "The steps look plausible but I would need to think more."
+            if "ABSTAIN" in prompt:
+                return 200, "Hard to say.\n\\boxed{abstain}"
+            steps = re.findall(r"<step_(\d+)>\n(.*?)\n</step_\1>", prompt, re.S)
+            k = first_wrong_step([s for _, s in steps])
+            return 200, f"Checking each step in turn.\n\\boxed{{{k}}}"
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.prompts.append(body["prompt"])
+                status, text = reply(body["prompt"])
+                payload = json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": len(body["prompt"]) // 4,
+                                                "completion_tokens": max(1, len(text) // 4)}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _JudgeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_llm_judge_served_over_http_through_openai_engine() -> None:
+    from resources.judge import JudgeResource
+
+    problems = ["Mia has 5 apples.", "Leo has 2 cards.", "RAMBLE", "ABSTAIN", "BROKEN"]
+    steps = [["5 + 3 = 8.", "8 x 2 = 17.", "The answer is 17."], ["2 + 2 = 4.", "The answer is 4."],
+             ["1 + 1 = 2."], ["1 + 1 = 2."], ["1 + 1 = 2."]]
+    with _JudgeServer() as server:
+        judge = JudgeResource(kind="llm", backend="openai", model="judge-model", base_url=server.base_url,
+                              max_retries=0, timeout_s=10)
+        rows = judge.judge(problems, steps, max_tokens=64)
+    assert judge.name() == "llm:openai:judge-model"
+    assert [(r.status, r.first_error) for r in rows] == [
+        (OK, 1), (OK, -1), (UNPARSED, None), (ABSTAIN, None), (ERROR, None)]
+    assert "HTTP 400" in rows[4].detail
+    assert rows[0].prompt_tokens > 0 and "\\boxed{1}" in rows[0].raw_output
+    # the server saw our critique prompt with numbered, delimited steps
+    assert len(server.prompts) == 5
+    assert any("<step_1>\n8 x 2 = 17.\n</step_1>" in p for p in server.prompts)
