@@ -154,10 +154,12 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
     assert storage.read_dataset("mc_step_labels", PARTITION).equals(mc)
 
 
-def test_blocking_checks_fail_on_untraceable_rows(local_root: str) -> None:
-    """A consensus row whose rollout is gone upstream fails traces_to_one_rollout (blocking)."""
+@pytest.mark.parametrize("root_fixture", ["local_root", "s3_root"])
+def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: pytest.FixtureRequest) -> None:
+    """A consensus row whose rollout is gone upstream fails traces_to_one_rollout (blocking); local and S3."""
     from assets.labels import JUDGE_SCHEMA, MC_SCHEMA
 
+    local_root = request.getfixturevalue(root_fixture)
     storage = Storage(local_root)
     truth = _write_inputs(storage)
     rollouts = storage.read_dataset("policy_rollouts", PARTITION).to_pylist()
@@ -193,3 +195,7 @@ def test_blocking_checks_fail_on_untraceable_rows(local_root: str) -> None:
     # all rollouts agree (MC == judge == oracle here): nothing filtered, so the WARN check fires
     kept = checks["kept_share_in_bounds"]
     assert not kept.passed and kept.severity.value == "WARN"
+    # the TRL export sits beside the dataset under the same root
+    md = {k: v.value for k, v in result.asset_materializations_for_node("consensus_labels")[0].metadata.items()}
+    assert md["trl_export"] == storage.url("datasets", "consensus_labels_trl", PARTITION, "data.parquet")
+    assert storage.exists(storage.path("datasets", "consensus_labels_trl", PARTITION, "data.parquet"))
