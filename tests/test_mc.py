@@ -159,3 +159,16 @@ def test_engine_value_with_real_tiny_model(tmp_path) -> None:
     for b, p in zip(bs, res, strict=True):
         for step, soft in zip(b.probe_steps, b.probe_soft, strict=True):
             assert soft == p.probe_soft[p.probe_steps.index(step)]
+
+
+def test_truncated_rollout_probes_its_last_prefix() -> None:
+    """A rollout cut off by max_tokens has no free last value: both modes sample it."""
+    items = [MCItem("r0", "p\n", ["s0", "s1", "s2", "s3"], "7", False, final_known=False),
+             MCItem("r1", "p\n", ["s0", "s1", "s2", "s3"], "7", False, final_known=False)]
+    values = {"r0": [1.0, 0.5, 0.5, 0.25], "r1": [1.0, 0.5, 0.0, 0.0]}
+    for mode in ("per_step", "binary_search"):
+        res = run_search(items, mode, TableValue(values))
+        assert [r.first_error for r in res] == [-1, 2], mode
+        assert 3 in res[0].probe_steps
+    bs = run_search(items, "binary_search", TableValue(values))
+    assert bs[0].probe_steps == [3]  # one probe settles an all-positive truncated rollout

@@ -13,7 +13,9 @@ What is known for free (no sampling), and why
 ---------------------------------------------
 * **The last prefix.** Prefix ``n-1`` is the whole solution: its final answer
   is already written, so its value is 1 if the rollout's answer is correct and
-  0 if not (``final_correct`` from the rollouts stage). It is never sampled.
+  0 if not (``final_correct`` from the rollouts stage). It is never sampled,
+  except for a rollout cut off by ``max_tokens`` (``final_known=False``): its
+  last step may be unfinished, so its last prefix is probed like any other.
 * **Monotonicity of the true value.** The rollout itself was sampled from the
   same policy, so every longer prefix is a possible continuation of every
   shorter one. If ``v(i) = 0`` exactly, no continuation of prefix ``i`` reaches
@@ -64,6 +66,7 @@ class MCItem:
     steps: list[str]
     gold: str
     final_correct: bool
+    final_known: bool = True  # False for a rollout cut off by max_tokens: its last prefix is not free
 
 
 @dataclass(frozen=True)
@@ -106,32 +109,39 @@ def labels_for(first_error: int, n_steps: int) -> list[bool]:
 # search logic (pure: driven by hard values, testable without a model)
 # ---------------------------------------------------------------------------
 class PerStepSearch:
-    """Probe every prefix but the last (whose value is free)."""
+    """Probe every prefix but the last (whose value is free unless the rollout was truncated)."""
 
-    def __init__(self, n_steps: int, final_correct: bool) -> None:
+    def __init__(self, n_steps: int, final_correct: bool, final_known: bool = True) -> None:
         self.n = n_steps
         self.final_correct = final_correct
+        self.final_known = final_known
         self.hard: dict[int, bool] = {}
         self._asked = False
+
+    @property
+    def _probed(self) -> range:
+        return range(self.n - 1) if self.final_known else range(self.n)
 
     def next_probes(self) -> list[int]:
         if self._asked:
             return []
         self._asked = True
-        return list(range(self.n - 1))
+        return list(self._probed)
 
     def observe(self, step: int, hard: bool) -> None:
         self.hard[step] = hard
 
     @property
     def done(self) -> bool:
-        return self._asked and all(i in self.hard for i in range(self.n - 1))
+        return self._asked and all(i in self.hard for i in self._probed)
 
     @property
     def first_error(self) -> int:
-        for i in range(self.n - 1):
+        for i in self._probed:
             if not self.hard[i]:
                 return i
+        if not self.final_known:
+            return -1
         return -1 if self.final_correct else self.n - 1
 
 
@@ -139,23 +149,33 @@ class BinarySearch:
     """Find the first prefix with value 0, assuming the value is monotone (see module doc).
 
     Invariant: every step ``< lo`` is known positive, step ``hi`` is known
-    zero (``hi = n-1`` for free on a wrong rollout).
+    zero (``hi = n-1`` for free on a wrong rollout). A truncated rollout
+    (``final_known=False``) first probes its last prefix: > 0 means every
+    prefix is positive (first error -1), 0 starts the usual search.
     """
 
-    def __init__(self, n_steps: int, final_correct: bool) -> None:
+    def __init__(self, n_steps: int, final_correct: bool, final_known: bool = True) -> None:
         self.n = n_steps
-        self.final_correct = final_correct
+        self.final_correct = final_correct and final_known
         self.lo = 0
         self.hi = n_steps - 1
+        self.last_pending = not final_known and n_steps > 0
+        self.all_positive = False
         self.hard: dict[int, bool] = {}
 
     def next_probes(self) -> list[int]:
         if self.done:
             return []
+        if self.last_pending:
+            return [self.n - 1]
         return [(self.lo + self.hi) // 2]
 
     def observe(self, step: int, hard: bool) -> None:
         self.hard[step] = hard
+        if self.last_pending and step == self.n - 1:
+            self.last_pending = False
+            self.all_positive = hard
+            return
         if hard:
             self.lo = step + 1
         else:
@@ -163,18 +183,21 @@ class BinarySearch:
 
     @property
     def done(self) -> bool:
-        return self.final_correct or self.n == 0 or self.lo >= self.hi
+        if self.final_correct or self.n == 0 or self.all_positive:
+            return True
+        return not self.last_pending and self.lo >= self.hi
 
     @property
     def first_error(self) -> int:
-        return -1 if self.final_correct else self.hi
+        return -1 if (self.final_correct or self.all_positive) else self.hi
 
 
-def make_search(mode: str, n_steps: int, final_correct: bool) -> PerStepSearch | BinarySearch:
+def make_search(mode: str, n_steps: int, final_correct: bool,
+                final_known: bool = True) -> PerStepSearch | BinarySearch:
     if mode == "per_step":
-        return PerStepSearch(n_steps, final_correct)
+        return PerStepSearch(n_steps, final_correct, final_known)
     if mode == "binary_search":
-        return BinarySearch(n_steps, final_correct)
+        return BinarySearch(n_steps, final_correct, final_known)
     raise ValueError(f"unknown MC mode {mode!r}; known: {MODES}")
 
 
@@ -197,7 +220,7 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             results[-1].status, results[-1].detail = EMPTY, "rollout has no steps"
             searches.append(None)
         else:
-            searches.append(make_search(mode, n, item.final_correct))
+            searches.append(make_search(mode, n, item.final_correct, item.final_known))
     for _ in range(max_rounds):
         batch: list[tuple[int, int]] = []
         for idx, s in enumerate(searches):
