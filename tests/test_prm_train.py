@@ -93,3 +93,36 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path, root_kind: str,
     assert set(names) == {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json",
                           "_COMPLETE"}
     assert len(storage.fs.ls(base)) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_ranks(tmp_path: Path) -> None:
+    """Two gloo ranks on CPU train the same model as one process with the same global batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prmforge.prm.model import ProcessRewardModel
+
+    path = tiny_backbone(tmp_path / "bb")
+    pq.write_table(pa.Table.from_pylist(synthetic_rows(16)), tmp_path / "labels.parquet")
+    settings = json.dumps({"max_steps": 3, "micro_batch_size": 4, "max_length": 96, "lr": 3e-3,
+                           "checkpoint_every": 100})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--labels", str(tmp_path / "labels.parquet"), "--base-model", path, "--settings"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "prmforge.prm.train", *common, settings,
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=180, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single_settings = json.dumps({**json.loads(settings), "micro_batch_size": 8})
+    one = subprocess.run([sys.executable, "-m", "prmforge.prm.train", *common, single_settings,
+                          "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=180, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, _ = ProcessRewardModel.load(tmp_path / "ddp")
+    b, _ = ProcessRewardModel.load(tmp_path / "one")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-5), k
