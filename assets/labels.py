@@ -37,7 +37,7 @@ from prmforge.labeling.settings import ConsensusSettings, JudgeSettings, MCSetti
 from prmforge.schemas import register_schema
 from prmforge.sharding import Progress, fingerprint, run_sharded
 from resources.engine import EngineResource
-from resources.judge import JudgeResource
+from resources.judge import JudgeResource, JudgeRow
 from resources.mlflow import MLflowResource
 from resources.settings import SettingsResource
 from resources.storage import StorageResource
@@ -282,9 +282,14 @@ def judge_step_labels(
     name = judge.name()
 
     def work(chunk: list[dict[str, Any]], index: int) -> pa.Table:
-        verdicts = judge.judge([problems.get(r["problem_id"], "") for r in chunk],
-                               [list(r["steps"] or []) for r in chunk], max_tokens=s.max_tokens,
-                               temperature=s.temperature, seed=s.seed)
+        # an LLM judge without the problem text would judge blind: record, never guess
+        known = [r for r in chunk if judge.kind == "calculator" or r["problem_id"] in problems]
+        judged = judge.judge([problems.get(r["problem_id"], "") for r in known],
+                             [list(r["steps"] or []) for r in known], max_tokens=s.max_tokens,
+                             temperature=s.temperature, seed=s.seed)
+        by_id = {r["rollout_id"]: v for r, v in zip(known, judged, strict=True)}
+        missing = JudgeRow("error", None, "problem_id not found in seed_problems", "", 0, 0)
+        verdicts = [by_id.get(r["rollout_id"], missing) for r in chunk]
         return pa.Table.from_pylist([{
             "rollout_id": r["rollout_id"], "problem_id": r["problem_id"], "dataset": r["dataset"], "judge": name,
             "status": v.status, "first_error": v.first_error, "detail": v.detail or None,

@@ -199,3 +199,37 @@ def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: py
     md = {k: v.value for k, v in result.asset_materializations_for_node("consensus_labels")[0].metadata.items()}
     assert md["trl_export"] == storage.url("datasets", "consensus_labels_trl", PARTITION, "data.parquet")
     assert storage.exists(storage.path("datasets", "consensus_labels_trl", PARTITION, "data.parquet"))
+
+
+def test_llm_judge_asset_over_loopback_server(local_root: str) -> None:
+    """judge_step_labels with kind=llm through the openai backend; a rollout without its problem is an error row."""
+    from test_llm_judge import _JudgeServer
+
+    from resources.judge import JudgeResource
+
+    storage = Storage(local_root)
+    truth = _write_inputs(storage)
+    seed = storage.read_dataset("seed_problems", PARTITION)
+    dropped = seed.column("problem_id")[0].as_py()
+    storage.write_dataset("seed_problems", seed.slice(1), PARTITION, schema=SEED_PROBLEMS)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [PARTITION])
+    specs = [AssetSpec(k, partitions_def=dataset_partitions) for k in ("seed_problems", "policy_rollouts")]
+    with _JudgeServer() as server:
+        judge = JudgeResource(kind="llm", backend="openai", model="judge-model", base_url=server.base_url,
+                              max_retries=0, timeout_s=10)
+        result = materialize([*specs, judge_step_labels], partition_key=PARTITION, instance=instance,
+                             resources=build_resources(storage=StorageResource(root=local_root), judge=judge))
+    assert result.success
+    rows = {r["rollout_id"]: r for r in storage.read_dataset("judge_step_labels", PARTITION).to_pylist()}
+    assert len(rows) == 12 and len(server.prompts) == 9
+    for rid, r in rows.items():
+        assert r["judge"] == "llm:openai:judge-model"
+        if r["problem_id"] == dropped:
+            assert r["status"] == "error" and r["first_error"] is None and "seed_problems" in r["detail"]
+        else:
+            assert r["status"] == "ok" and "\\boxed" in r["raw_output"]
+            # the served judge checks arithmetic: it finds the slips, not the early stops
+            assert r["first_error"] == (0 if truth[rid] == 0 else -1)
+    md = {k: v.value for k, v in result.asset_materializations_for_node("judge_step_labels")[0].metadata.items()}
+    assert md["status_counts"] == {"ok": 9, "error": 3} and md["shards_computed"] == 3
