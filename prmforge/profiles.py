@@ -32,12 +32,25 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 # PRM stage (prm_model / prm_evaluation / registered_prm); demo defaults live in prmforge.prm.settings.
 PROFILES["tiny"].update({
-    "prm_model": {"epochs": 1.0, "micro_batch_size": 8, "max_length": 128, "checkpoint_every": 5},
+    "prm_model": {"epochs": 1.0, "max_steps": None, "micro_batch_size": 8, "max_length": 128, "checkpoint_every": 5},
     "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 32, "max_samples_per_subset": 40},
 })
 PROFILES["world"].update({
-    "prm_model": {"epochs": 4.0, "micro_batch_size": 32, "lr": 1.5e-3, "checkpoint_every": 100},
+    "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 1.5e-3, "checkpoint_every": 100},
     "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
+})
+
+# Bootstrap policy and held-out world benchmark; demo defaults live in prmforge.policy.
+PROFILES["tiny"].update({
+    "policy": {"n_train_problems": 200, "tokenizer_problems": 150, "vocab_size": 512, "hidden_size": 32,
+               "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "train_steps": 12, "batch_size": 8,
+               "warmup_steps": 2, "log_every": 4, "calib_problems": 8, "max_new_tokens": 48},
+    "world_benchmark": {"n_problems": 8, "samples_per_problem": 2, "size": 16, "max_new_tokens": 48},
+})
+PROFILES["world"].update({
+    "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192, "intermediate_size": 512,
+               "num_layers": 4, "num_heads": 6, "train_steps": 8000, "calib_problems": 1000},
+    "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
 })
 
 
