@@ -168,7 +168,15 @@ def sample_tokens(logits: torch.Tensor, keys: torch.Tensor, step: int, temperatu
 # forward passes over a static cache
 # --------------------------------------------------------------------------
 class _LlamaStepper:
-    """Runs Llama-family decoder layers on preallocated K/V buffers."""
+    """Runs Llama-family decoder layers with a shared prompt cache.
+
+    Rows are a grid of ``P`` prompts x ``n`` samples. The prompt's K/V is
+    stored once per prompt (never copied into its ``n`` rows): at each step the
+    ``n`` queries of a prompt attend to it in one grouped matmul, and to their
+    own generated tokens in a preallocated per-row buffer (no per-step
+    concatenation). Both score blocks share one softmax, so the result is
+    exactly attention over ``[prompt, generated]``.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -176,12 +184,13 @@ class _LlamaStepper:
         self.layers = list(self.inner.layers)
         self.apply_rope = sys.modules[type(self.layers[0].self_attn).__module__].apply_rotary_pos_emb
         cfg = model.config
+        self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.gqa = self.kv_heads != cfg.num_attention_heads
+        self.gqa = self.kv_heads != self.heads
 
-    def start(self, ids: torch.Tensor, valid: torch.Tensor, n: int, max_len: int) -> torch.Tensor:
-        """Prefill ``ids`` (P, Lp, left padded), expand to P*n rows; return last logits (P*n, V)."""
+    def start(self, ids: torch.Tensor, valid: torch.Tensor, n: int, max_new: int) -> torch.Tensor:
+        """Prefill ``ids`` (P, Lp, left padded); return first logits of the P*n rows."""
         P, Lp = ids.shape
         dev = ids.device
         pos = (valid.long().cumsum(-1) - 1).clamp_(min=0)
@@ -190,23 +199,23 @@ class _LlamaStepper:
         mask |= torch.eye(Lp, dtype=torch.bool, device=dev)[None]  # pads see themselves: no NaN
         x = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(x, pos)
-        B = P * n
-        dtype = x.dtype
-        self.k = [torch.empty(B, self.kv_heads, max_len, self.head_dim, dtype=dtype, device=dev) for _ in self.layers]
-        self.v = [torch.empty_like(k) for k in self.k]
-        for li, layer in enumerate(self.layers):
+        self.kp, self.vp = [], []
+        for layer in self.layers:
             x, k, v = self._layer(layer, x, cos, sin, mask[:, None])
-            self.k[li][:, :, :Lp] = k.repeat_interleave(n, dim=0)
-            self.v[li][:, :, :Lp] = v.repeat_interleave(n, dim=0)
-        x = self.inner.norm(x[:, -1:])
-        logits = self.model.lm_head(x)[:, 0]
-        self.valid = torch.zeros(B, max_len, dtype=torch.bool, device=dev)
-        self.valid[:, :Lp] = valid.repeat_interleave(n, dim=0)
-        self.pos = (pos[:, -1] + 1).repeat_interleave(n, dim=0)
-        self.length = Lp
+            self.kp.append(k.contiguous())
+            self.vp.append(v.contiguous())
+        logits = self.model.lm_head(self.inner.norm(x[:, -1:]))[:, 0]
+        self.P, self.n = P, n
+        B = P * n
+        shape = (B, self.kv_heads, max(max_new, 1), self.head_dim)
+        self.kg = [torch.empty(shape, dtype=x.dtype, device=dev) for _ in self.layers]
+        self.vg = [torch.empty(shape, dtype=x.dtype, device=dev) for _ in self.layers]
+        self.pmask = valid[:, None, None, :]  # (P, 1, 1, Lp)
+        self.pos0 = pos[:, -1] + 1  # position of the first generated token, per prompt
+        self.t = 0
         return logits.repeat_interleave(n, dim=0)
 
-    def _layer(self, layer, x, cos, sin, mask, cache: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def _layer(self, layer, x, cos, sin, mask, li: int | None = None):
         attn = layer.self_attn
         B, T, _ = x.shape
         h = layer.input_layernorm(x)
@@ -216,42 +225,69 @@ class _LlamaStepper:
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = self.apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        if cache is not None:
-            kb, vb = cache
-            kb[:, :, self.length] = k[:, :, 0]
-            vb[:, :, self.length] = v[:, :, 0]
-            keys, values = kb[:, :, : self.length + 1], vb[:, :, : self.length + 1]
+        if li is not None:
+            o = self._decode_attention(li, q, k, v, attn.scaling)
         else:
-            keys, values = k, v
-        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=self.gqa)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x, k, v
 
+    def _decode_attention(self, li: int, q, k, v, scale: float) -> torch.Tensor:
+        """Attention of one new token per row over [shared prompt, own generated tokens].
+
+        Plain batched matmuls: for a single query SDPA's CPU kernel tiles over
+        (batch, head) pairs and was several times slower. Grouped-query heads
+        fold into the query dimension, so K/V are never repeated.
+        """
+        P, n, KV, D = self.P, self.n, self.kv_heads, self.head_dim
+        B, H = P * n, self.heads
+        g = H // KV
+        t = self.t
+        kg, vg = self.kg[li], self.vg[li]
+        kg[:, :, t] = k[:, :, 0]
+        vg[:, :, t] = v[:, :, 0]
+        kp, vp = self.kp[li], self.vp[li]
+        Lp = kp.shape[2]
+        # prompt block: the n samples of a prompt in one matmul
+        qp = q.reshape(P, n, KV, g, D).transpose(1, 2).reshape(P, KV, n * g, D)
+        s1 = torch.matmul(qp, kp.transpose(-1, -2)).masked_fill_(~self.pmask, float("-inf"))
+        s1 = s1.view(P, KV, n, g, Lp).transpose(1, 2).reshape(B, KV, g, Lp)
+        # generated block: per row
+        qr = q.reshape(B, KV, g, D)
+        s2 = torch.matmul(qr, kg[:, :, : t + 1].transpose(-1, -2))
+        probs = torch.softmax(torch.cat([s1, s2], dim=-1).float() * scale, dim=-1).to(vp.dtype)
+        p1 = probs[..., :Lp].reshape(P, n, KV, g, Lp).transpose(1, 2).reshape(P, KV, n * g, Lp)
+        o1 = torch.matmul(p1, vp).view(P, KV, n, g, D).transpose(1, 2).reshape(B, KV, g, D)
+        o2 = torch.matmul(probs[..., Lp:], vg[:, :, : t + 1])
+        return (o1 + o2).reshape(B, H, 1, D)
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; return next-token logits (B, V)."""
-        self.valid[:, self.length] = True
         x = self.inner.embed_tokens(tokens[:, None])
-        cos, sin = self.inner.rotary_emb(x, self.pos[:, None])
-        mask = self.valid[:, None, None, : self.length + 1]
+        pos = (self.pos0 + self.t).repeat_interleave(self.n)[:, None]
+        cos, sin = self.inner.rotary_emb(x, pos)
         for li, layer in enumerate(self.layers):
-            x, _, _ = self._layer(layer, x, cos, sin, mask, (self.k[li], self.v[li]))
-        self.length += 1
-        self.pos = self.pos + 1
+            x, _, _ = self._layer(layer, x, cos, sin, None, li)
+        self.t += 1
         return self.model.lm_head(self.inner.norm(x))[:, 0]
 
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep only rows ``keep`` (compaction of finished rows)."""
-        L = self.length
-        self.k = [self._take(b, keep, L) for b in self.k]
-        self.v = [self._take(b, keep, L) for b in self.v]
-        self.valid = self.valid.index_select(0, keep)
-        self.pos = self.pos.index_select(0, keep)
+    def select(self, keep_rows: torch.Tensor, keep_groups: torch.Tensor) -> None:
+        """Keep only prompts ``keep_groups`` (and their rows ``keep_rows``)."""
+        t = self.t
+        self.kp = [b.index_select(0, keep_groups) for b in self.kp]
+        self.vp = [b.index_select(0, keep_groups) for b in self.vp]
+        self.kg = [self._take(b, keep_rows, t) for b in self.kg]
+        self.vg = [self._take(b, keep_rows, t) for b in self.vg]
+        self.pmask = self.pmask.index_select(0, keep_groups)
+        self.pos0 = self.pos0.index_select(0, keep_groups)
+        self.P = keep_groups.numel()
 
     @staticmethod
-    def _take(buf: torch.Tensor, keep: torch.Tensor, L: int) -> torch.Tensor:
+    def _take(buf: torch.Tensor, keep: torch.Tensor, t: int) -> torch.Tensor:
         out = torch.empty((keep.numel(),) + tuple(buf.shape[1:]), dtype=buf.dtype, device=buf.device)
-        out[:, :, :L] = buf[:, :, :L].index_select(0, keep)
+        if t:
+            out[:, :, :t] = buf[:, :, :t].index_select(0, keep)
         return out
 
 
@@ -265,7 +301,7 @@ class _GenericStepper:
         # transformers >= 5.x renamed ``past_key_values`` to ``cache``
         self.cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def start(self, ids: torch.Tensor, valid: torch.Tensor, n: int, max_len: int) -> torch.Tensor:
+    def start(self, ids: torch.Tensor, valid: torch.Tensor, n: int, max_new: int) -> torch.Tensor:
         from transformers import DynamicCache
 
         pos = (valid.long().cumsum(-1) - 1).clamp_(min=0)
@@ -284,10 +320,10 @@ class _GenericStepper:
         self.pos = self.pos + 1
         return out.logits[:, -1]
 
-    def select(self, keep: torch.Tensor) -> None:
-        self.cache.batch_select_indices(keep)
-        self.mask = self.mask.index_select(0, keep)
-        self.pos = self.pos.index_select(0, keep)
+    def select(self, keep_rows: torch.Tensor, keep_groups: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep_rows)
+        self.mask = self.mask.index_select(0, keep_rows)
+        self.pos = self.pos.index_select(0, keep_rows)
 
 
 # --------------------------------------------------------------------------
@@ -421,7 +457,7 @@ class HFEngine(Engine):
                             dtype=torch.long, device=dev)
         T = params.max_tokens
         stepper = _LlamaStepper(self.model) if self.fast else _GenericStepper(self.model)
-        logits = stepper.start(ids, valid, n, Lp + T)
+        logits = stepper.start(ids, valid, n, T)
         gen = torch.full((B, max(T, 1)), self.pad_id, dtype=torch.long, device=dev)
         lengths = torch.zeros(B, dtype=torch.long)
         finish = ["length"] * B
@@ -455,11 +491,15 @@ class HFEngine(Engine):
                 for r in alive[~live_done].tolist():
                     lengths[r] = t + 1
                 break
-            # Compact when enough rows have finished that copying the cache pays off.
-            if n_active <= 0.7 * live_done.numel():
-                keep = (~live_done).nonzero().flatten()
+            # Rows form a grid of prompts x n samples; drop prompts whose samples
+            # have all finished once enough have, so copying the cache pays off.
+            groups_alive = (~live_done).view(-1, n).any(dim=1)
+            n_groups = int(groups_alive.sum())
+            if n_groups <= 0.7 * groups_alive.numel():
+                keep_groups = groups_alive.nonzero().flatten()
+                keep = (keep_groups[:, None] * n + torch.arange(n, device=dev)[None]).flatten()
                 alive, keys, tok, live_done = alive[keep], keys[keep], tok[keep], live_done[keep]
-                stepper.select(keep)
+                stepper.select(keep, keep_groups)
             logits = stepper.step(tok)
         gen_cpu = gen.cpu()
         out = {}
