@@ -90,14 +90,18 @@ def partition_data_versions(context: AssetExecutionContext, asset: str) -> dict[
 @contextmanager
 def _mlflow_run(context: AssetExecutionContext, mlflow: MLflowResource, name: str,
                 tags: dict[str, str]) -> Iterator[Any]:
-    """An MLflow run, or None (with a warning) when the tracking server is unreachable."""
+    """An MLflow run; an unreachable tracking server fails the step (after MLflow's own retries).
+
+    Failing, not training untracked, is the contract of the reliability suite:
+    a model without its run cannot be registered with lineage, and the PRM
+    checkpoints in storage make the rerun resume where this one stopped.
+    """
     try:
         cm = mlflow.start_run(name, tags={**tags, "dagster_run_id": context.run.run_id})
         run = cm.__enter__()
-    except Exception as exc:  # noqa: BLE001
-        context.log.warning(f"MLflow unavailable for {name}: {type(exc).__name__}: {exc}")
-        yield None
-        return
+    except Exception as exc:
+        raise RuntimeError(f"MLflow tracking server {mlflow.tracking_uri} unreachable for {name} "
+                           f"(after retries): {type(exc).__name__}: {str(exc)[:300]}") from exc
     try:
         yield run
     except BaseException as exc:

@@ -1,0 +1,273 @@
+"""Fault-injection helpers of the reliability suite (real processes, real servers, loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 20261130  # every random choice of the suite derives from this
+
+
+def rng(name: str) -> random.Random:
+    """A seeded generator per test, so each test's random points are reproducible."""
+    return random.Random(f"{SEED}:{name}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# kill -9 at random points
+# ---------------------------------------------------------------------------
+@dataclass
+class CrashLog:
+    kill_points: list[int] = field(default_factory=list)  # progress seen right after each kill
+    delays_ms: list[int] = field(default_factory=list)
+    resumed_runs: int = 0
+
+
+def run_to_end(cmd: list[str], env: dict, timeout: float = 300) -> dict:
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kill_at_random_points(cmd: list[str], env: dict, progress: Callable[[], int], total: int, kills: int,
+                          gen: random.Random, max_delay_s: float, timeout: float = 240) -> CrashLog:
+    """Start ``cmd`` again and again, SIGKILL it at ``kills`` seeded random points.
+
+    A point is "progress reached a random target, then a random extra delay
+    (so the kill also lands mid-unit)". Targets are distinct and increasing,
+    drawn from ``1..total-2`` so the process is always still running.
+    """
+    assert total - 2 >= kills, f"need at least {kills + 2} progress units, have {total}"
+    targets = sorted(gen.sample(range(1, total - 1), kills))
+    log = CrashLog()
+    deadline = time.monotonic() + timeout
+    for target in targets:
+        target = max(target, progress() + 1)
+        assert target < total, f"progress already at {progress()} of {total}"
+        delay = gen.uniform(0, max_delay_s)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while progress() < target:
+                if proc.poll() is not None:
+                    raise AssertionError(f"process ended rc={proc.returncode} before progress {target}: "
+                                         f"{proc.stderr.read().decode()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError("timed out waiting for progress")
+                time.sleep(0.005)
+            time.sleep(delay)
+            assert proc.poll() is None, f"process finished before the kill at {target}+{delay:.3f}s"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            assert proc.returncode == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+        log.kill_points.append(progress())
+        log.delays_ms.append(round(delay * 1000))
+    return log
+
+
+def count_files(root: Path, prefix: str = "shard-", suffix: str = ".parquet") -> int:
+    if not root.is_dir():
+        return 0
+    return sum(1 for p in root.rglob(f"{prefix}*{suffix}"))
+
+
+# ---------------------------------------------------------------------------
+# a restartable moto S3 server of one test's own
+# ---------------------------------------------------------------------------
+class OwnS3Server:
+    """A moto S3 server on its own 127.0.0.1 port that a test stops and restarts.
+
+    Moto keeps its state in the process, so objects written before a stop are
+    there again after the restart, like a real object store coming back.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        for _ in range(100):
+            if port_open(self.port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("moto did not start")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+
+# ---------------------------------------------------------------------------
+# a loopback OpenAI-compatible server with a programmable brain and faults
+# ---------------------------------------------------------------------------
+class LoopbackLLM:
+    """``/v1/completions`` on 127.0.0.1: ``respond(prompt, index) -> text``; faults scripted per prompt.
+
+    ``faults[match] = ["timeout", "500", "garbage", ...]``: requests whose
+    prompt contains ``match`` play the script one entry per request, then
+    answer normally. ``always[match] = action`` fails every such request.
+    Every request is recorded (with its headers) for the tests to inspect.
+    """
+
+    def __init__(self, respond: Callable[[str, int], str], timeout_sleep_s: float = 1.0) -> None:
+        self.respond = respond
+        self.timeout_sleep_s = timeout_sleep_s
+        self.faults: dict[str, list[str]] = {}
+        self.always: dict[str, str] = {}
+        self.requests: list[dict] = []
+        self.served: dict[str, int] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server._handle(self, raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackLLM:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _action(self, prompt: str) -> str:
+        with self._lock:
+            for match, action in self.always.items():
+                if match in prompt:
+                    return action
+            for match, script in self.faults.items():
+                if match in prompt and script:
+                    return script.pop(0)
+        return "ok"
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _handle(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        req = json.loads(raw)
+        prompt = req["prompt"]
+        action = self._action(prompt)
+        with self._lock:
+            self.requests.append({"prompt": prompt, "action": action, "headers": dict(h.headers)})
+            self.served[action] = self.served.get(action, 0) + 1
+        if action == "timeout":
+            time.sleep(self.timeout_sleep_s)
+            return self._send(h, 200, b"{}")
+        if action.isdigit():
+            return self._send(h, int(action), json.dumps({"error": f"injected {action}"}).encode())
+        if action == "garbage":
+            return self._send(h, 200, b"<html>502 bad gateway</html>")
+        if action == "truncated":
+            return self._send(h, 200, b'{"choices": [{"index": 0, "te')
+        n = int(req.get("n", 1))
+        choices = [{"index": i, "text": self.respond(prompt, i), "finish_reason": "stop"} for i in range(n)]
+        body = {"object": "text_completion", "model": req.get("model", ""), "choices": choices,
+                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 5 * n}}
+        return self._send(h, 200, json.dumps(body).encode())
+
+
+# ---------------------------------------------------------------------------
+# a real MLflow tracking server (MLflow's own server app) on loopback
+# ---------------------------------------------------------------------------
+class MLflowTrackingServer:
+    """MLflow's tracking server app on 127.0.0.1 in a thread, sqlite-backed; stopped and restarted on one port.
+
+    It is the same WSGI app ``mlflow server`` runs; serving it in-process
+    skips the 30-60 s worker start of ``mlflow server`` on a loaded 2-core
+    machine. MLflow caches its stores per process, so one instance (one
+    database) serves a whole test module.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._srv = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from werkzeug.serving import make_server
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        db = f"sqlite:///{self.workdir / 'mlflow.db'}"
+        os.environ.update({"_MLFLOW_SERVER_FILE_STORE": db, "_MLFLOW_SERVER_REGISTRY_STORE": db,
+                           "_MLFLOW_SERVER_ARTIFACT_ROOT": (self.workdir / "artifacts").as_uri(),
+                           "_MLFLOW_SERVER_SERVE_ARTIFACTS": "false"})
+        from mlflow.server import app
+
+        self._srv = make_server("127.0.0.1", self.port, app, threaded=True)
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._srv is not None:
+            self._srv.shutdown()
+            self._srv.server_close()
+            self._srv = None
+
+    @property
+    def running(self) -> bool:
+        return self._srv is not None
