@@ -1,1 +1,206 @@
-"""Placeholder: filled by the stage's implementation."""
+"""``policy_model`` (train or reuse the bootstrap policy) and ``world_benchmark``.
+
+Thin wrappers around :mod:`prmforge.policy`. The model folder lives at
+``<root>/models/policy/<config hash>/`` and is reused while its settings and
+code version are unchanged; its calibration is shown as metadata and checked
+(WARN) against the band. ``world_benchmark`` samples the policy on held-out
+world problems and stores the ProcessBench-format table; a blocking check
+requires enough rows of both classes.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from assets.common import table_data_version, upstream_metadata, upstream_uri
+from prmforge.policy import PolicySettings
+from prmforge.policy.benchmark import BenchmarkSettings, build_world_benchmark
+from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
+from prmforge.policy.store import PolicyBuild, ensure_policy
+from resources.mlflow import MLflowResource
+from resources.settings import SettingsResource
+from resources.storage import StorageResource
+
+MIN_BENCHMARK_PER_CLASS = 5
+
+
+class PolicyConfig(Config):
+    """Run-config overrides of the ``policy`` settings; None takes the profile's value."""
+
+    difficulty: str | None = None
+    n_train_problems: int | None = None
+    train_steps: int | None = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    num_threads: int | None = None
+    calib_problems: int | None = None
+    force_retrain: bool = Field(False, description="train even if a complete model with this config exists")
+
+
+class WorldBenchmarkConfig(Config):
+    """Run-config overrides of the ``world_benchmark`` settings."""
+
+    n_problems: int | None = None
+    samples_per_problem: int | None = None
+    size: int | None = None
+    seed: int | None = None
+    min_per_class: int = MIN_BENCHMARK_PER_CLASS
+
+
+def _find_run(mlflow: MLflowResource, config_hash: str) -> str | None:
+    """The MLflow run that already records this policy (a reuse logs no duplicate run)."""
+    runs = mlflow.client().search_runs([mlflow.experiment_id()],
+                                       filter_string=f"tags.`prmforge.policy_hash` = '{config_hash}'",
+                                       max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _log_mlflow(mlflow: MLflowResource, build: PolicyBuild) -> str:
+    """One MLflow run per trained policy: params, training curve, calibration."""
+    import mlflow as mlf
+
+    cal = build.calibration
+    with mlflow.start_run(run_name=f"policy-{build.config_hash}", tags={"prmforge.stage": "policy",
+                                                                  "prmforge.policy_hash": build.config_hash}) as run:
+        mlflow.log_params({**build.info["settings"], "config_hash": build.config_hash, "uri": build.uri,
+                           "num_parameters": build.info["num_parameters"]})
+        for step, loss in build.info["curve"]:
+            mlf.log_metric("train_loss", float(loss), step=int(step))
+        mlf.log_metrics({
+            "calib_accuracy": cal.accuracy,
+            "calib_process_correct": cal.process_correct,
+            "calib_arithmetic_share": cal.kind_shares["arithmetic"],
+            "calib_logic_share": cal.kind_shares["logic"],
+            "calib_format_share": cal.kind_shares["format"],
+            "train_seconds": float(build.info["train_seconds"]),
+        })
+        mlf.log_text(cal.histogram_markdown(), "calibration_histogram.md")
+        return run.info.run_id
+
+
+@asset(
+    group_name="policy",
+    check_specs=[AssetCheckSpec(
+        "calibration_in_band", asset="policy_model", blocking=False,
+        description=f"accuracy in {ACCURACY_BAND[0]:.0%}-{ACCURACY_BAND[1]:.0%} at T=1.0 and arithmetic and "
+        f"logic each >= {MIN_KIND_SHARE:.0%} of wrong solutions (WARN: a policy outside the band still works)")],
+    description="Bootstrap policy: small Llama trained from scratch on gold world solutions (HF folder: "
+    "config.json, model.safetensors, tokenizer). Path: <root>/models/policy/<config hash>/",
+)
+def policy_model(
+    context: AssetExecutionContext,
+    config: PolicyConfig,
+    settings: SettingsResource,
+    storage: StorageResource,
+    mlflow: MLflowResource,
+) -> MaterializeResult:
+    """Train (or reuse when unchanged) and calibrate the bootstrap policy."""
+    ps = settings.stage(PolicySettings, "policy", **config.model_dump(exclude={"force_retrain"}))
+    build = ensure_policy(storage.get(), ps, force=config.force_retrain, log=context.log.info)
+    cal = build.calibration
+    run_id = _find_run(mlflow, build.config_hash) if build.reused else None
+    if run_id is None:
+        run_id = _log_mlflow(mlflow, build)
+    context.log.info(f"policy {build.config_hash}: {cal.summary()}")
+    meta: dict[str, Any] = {
+        "uri": build.uri,
+        "config_hash": build.config_hash,
+        "reused": build.reused,
+        "profile": settings.profile,
+        "difficulty": ps.difficulty,
+        "num_parameters": int(build.info["num_parameters"]),
+        "train_seconds": round(float(build.info["train_seconds"]), 1),
+        "train_steps": ps.train_steps,
+        "final_train_loss": float(build.info["curve"][-1][1]) if build.info["curve"] else float("nan"),
+        "calib_problems": cal.n,
+        "calib_accuracy": round(cal.accuracy, 4),
+        "calib_process_correct": round(cal.process_correct, 4),
+        "calib_arithmetic_share": round(cal.kind_shares["arithmetic"], 4),
+        "calib_logic_share": round(cal.kind_shares["logic"], 4),
+        "calib_format_share": round(cal.kind_shares["format"], 4),
+        "calib_right_answer_wrong_process": cal.right_answer_wrong_process,
+        "calib_first_error_histogram": MetadataValue.md(cal.histogram_markdown()),
+        "mlflow_run_id": run_id,
+    }
+    return MaterializeResult(
+        metadata=meta,
+        data_version=DataVersion(build.config_hash),
+        check_results=[AssetCheckResult(
+            check_name="calibration_in_band", passed=cal.in_band, severity=AssetCheckSeverity.WARN,
+            metadata={"accuracy": cal.accuracy, "arithmetic_share": cal.kind_shares["arithmetic"],
+                      "logic_share": cal.kind_shares["logic"],
+                      "reasons": MetadataValue.json(cal.reasons)},
+        )],
+    )
+
+
+@asset(
+    group_name="policy",
+    deps=[AssetKey("policy_model")],
+    check_specs=[AssetCheckSpec("benchmark_usable", asset="world_benchmark", blocking=True,
+                                description="enough fully correct and erroneous samples to evaluate a PRM")],
+    description="Held-out world benchmark in ProcessBench format (id, problem, steps, label, "
+    "final_answer_correct, problem_id, error_kind, answer, predicted, meta), labelled by the oracle. "
+    "Path: <root>/datasets/world_benchmark/data.parquet",
+)
+def world_benchmark(
+    context: AssetExecutionContext,
+    config: WorldBenchmarkConfig,
+    settings: SettingsResource,
+) -> Iterator[Any]:
+    """Sample the policy on held-out problems, label with the oracle, balance the classes."""
+    from prmforge.engines.hf import resolve_model_path
+    from prmforge.policy.sample import load_policy
+
+    uri = upstream_uri(context, "policy_model")
+    difficulty = str(upstream_metadata(context, "policy_model").get("difficulty") or "easy")
+    bs = settings.stage(BenchmarkSettings, "world_benchmark",
+                        **config.model_dump(exclude={"min_per_class"}))
+    ps = settings.stage(PolicySettings, "policy")
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(ps.num_threads)
+    try:
+        model, tok = load_policy(resolve_model_path(uri))
+        table, summary = build_world_benchmark(model, tok, bs, difficulty)
+    finally:
+        torch.set_num_threads(prev)
+    context.log.info(f"world_benchmark from {uri}: {summary}")
+    yield Output(
+        table,
+        metadata={
+            "rows": table.num_rows,
+            "correct": summary["correct"],
+            "erroneous": summary["erroneous"],
+            "right_answer_wrong_process": summary["right_answer_wrong_process"],
+            "error_kinds": MetadataValue.json(summary["error_kinds"]),
+            "problems": summary["problems"],
+            "sampled": summary["sampled"],
+            "policy_uri": uri,
+        },
+        data_version=table_data_version(table),
+    )
+    ok = min(summary["correct"], summary["erroneous"]) >= config.min_per_class
+    yield AssetCheckResult(
+        check_name="benchmark_usable", passed=ok,
+        metadata={"correct": summary["correct"], "erroneous": summary["erroneous"],
+                  "min_per_class": config.min_per_class},
+    )

@@ -56,16 +56,16 @@ ITEMS = ["apples", "marbles", "stickers", "books", "coins", "cookies", "pencils"
 
 # (op, problem sentence, short action used in the gold step)
 EVENTS: dict[str, list[tuple[str, str]]] = {
-    "+": [("{name} buys {n} more {item}.", "buys {n} more"),
-          ("{name} finds {n} more {item}.", "finds {n} more"),
-          ("A friend gives {name} {n} {item}.", "gets {n} from a friend")],
-    "-": [("{name} gives away {n} {item}.", "gives away {n}"),
-          ("{name} loses {n} {item}.", "loses {n}"),
-          ("{name} sells {n} {item}.", "sells {n}")],
-    "x": [("{name} then has {n} times as many {item}.", "has {n} times as many"),
-          ("The number of {item} {name} has grows {n} times.", "gets {n} times as many")],
-    "/": [("{name} splits the {item} into {n} equal piles and keeps one pile.", "keeps one of {n} piles"),
-          ("{name} shares the {item} equally among {n} kids, {name} included, and keeps one share.",
+    "+": [("{name} buys {n} more.", "buys {n} more"),
+          ("{name} finds {n} more.", "finds {n} more"),
+          ("A friend gives {name} {n} more.", "gets {n} from a friend")],
+    "-": [("{name} gives away {n}.", "gives away {n}"),
+          ("{name} loses {n}.", "loses {n}"),
+          ("{name} sells {n}.", "sells {n}")],
+    "x": [("{name} then has {n} times as many.", "has {n} times as many"),
+          ("The number of {item} grows {n} times.", "gets {n} times as many")],
+    "/": [("{name} splits them into {n} equal piles and keeps one.", "keeps one of {n} piles"),
+          ("{name} shares them equally among {n} kids and keeps one share.",
            "keeps one of {n} shares")],
 }
 

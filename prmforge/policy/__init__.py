@@ -1,0 +1,5 @@
+"""The bootstrap policy: a small Llama trained from scratch on gold world solutions."""
+
+from prmforge.policy.settings import POLICY_CODE_VERSION, PolicySettings
+
+__all__ = ["POLICY_CODE_VERSION", "PolicySettings"]

@@ -1,0 +1,88 @@
+"""Train-or-reuse the policy under the storage root, keyed by its config hash.
+
+The model lives at ``models/policy/<config hash>/`` (hash of every setting
+that shapes the weights plus ``POLICY_CODE_VERSION``). A folder with the
+``_COMPLETE`` marker is reused as is; a half-written one (a killed run) is
+ignored and retrained. ``policy_info.json`` in the folder carries the
+training curve and the calibration, so a reuse reports the same numbers
+without retraining; calibration is recomputed only when its own settings
+changed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prmforge.policy.calibration import CalibrationReport, calibrate
+from prmforge.policy.settings import POLICY_CODE_VERSION, PolicySettings
+from prmforge.policy.train import train_policy
+from prmforge.storage import Storage
+
+INFO_FILE = "policy_info.json"
+MODEL_NAME = "policy"
+
+
+@dataclass
+class PolicyBuild:
+    """Outcome of :func:`ensure_policy`."""
+
+    uri: str
+    config_hash: str
+    reused: bool
+    local_path: Path
+    calibration: CalibrationReport
+    info: dict = field(default_factory=dict)
+
+
+def _calib_key(s: PolicySettings) -> dict:
+    return {"n": s.calib_problems, "seed": s.calib_seed, "t": s.calib_temperature, "max_new": s.max_new_tokens}
+
+
+def _report(d: dict) -> CalibrationReport:
+    d = dict(d)
+    d["first_error_histogram"] = {int(k): v for k, v in d.get("first_error_histogram", {}).items()}
+    return CalibrationReport(**d)
+
+
+def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Path | None = None,
+                  force: bool = False, log: Callable[[str], None] | None = None) -> PolicyBuild:
+    """Reuse the stored policy for ``settings`` or train, calibrate and store it."""
+    log = log or (lambda _m: None)
+    h = settings.config_hash()
+    key = ("models", MODEL_NAME, h)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="prmforge-policy-"))
+    local = work / h
+    if storage.dir_complete(*key) and not force:
+        log(f"reusing complete policy {storage.url(*key)}")
+        storage.get_dir(local, *key)
+        info = json.loads((local / INFO_FILE).read_text())
+        if info.get("calibration_key") == _calib_key(settings):
+            return PolicyBuild(storage.url(*key), h, True, local, _report(info["calibration"]), info)
+        log("calibration settings changed: recalibrating the stored policy")
+        report, _ = calibrate(local, settings)
+        info.update(calibration=report.as_dict(), calibration_key=_calib_key(settings))
+        (local / INFO_FILE).write_text(json.dumps(info, indent=1))
+        storage.put_dir(local, *key)
+        return PolicyBuild(storage.url(*key), h, True, local, report, info)
+    result = train_policy(settings, local, log=log)
+    report, _ = calibrate(local, settings)
+    log(f"calibration: {report.summary()}")
+    info = {
+        "config_hash": h,
+        "code_version": POLICY_CODE_VERSION,
+        "settings": settings.model_dump(),
+        "num_parameters": result.num_parameters,
+        "train_seconds": result.seconds,
+        "steps_per_second": result.steps_per_second,
+        "curve": result.curve,
+        "calibration": report.as_dict(),
+        "calibration_key": _calib_key(settings),
+    }
+    (local / INFO_FILE).write_text(json.dumps(info, indent=1))
+    uri = storage.put_dir(local, *key)
+    log(f"stored policy at {uri}")
+    return PolicyBuild(storage.url(*key), h, False, local, report, info)
