@@ -152,7 +152,7 @@ def test_kill9_training_resumes_from_checkpoint(tmp_path: Path, fault) -> None:
 
     pq.write_table(pa.Table.from_pylist(rows), rows_file)
     settings = {"base_model": base, "max_length": 192, "epochs": 2.0, "micro_batch_size": 8, "lr": 2e-3,
-                "checkpoint_every": 1, "seed": 5, "bf16": False}
+                "checkpoint_every": 1, "seed": 5, "bf16": False, "max_steps": 16}
     roots = _roots(tmp_path)
 
     def cmd(root: str) -> list[str]:
