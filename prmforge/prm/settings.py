@@ -19,7 +19,7 @@ class PRMTrainSettings(BaseModel):
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     epochs: float = 3.0
-    max_steps: int | None = Field(80, description="cap on optimizer steps (None: epochs decide); bounds demo time")
+    max_steps: int | None = Field(60, description="cap on optimizer steps (None: epochs decide); bounds demo time")
     micro_batch_size: int = 32
     grad_accum: int = 1
     max_grad_norm: float = 1.0
