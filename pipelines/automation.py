@@ -94,14 +94,18 @@ def gpu_pool_limit() -> int:
     return value
 
 
-def retry_policy() -> RetryPolicy:
+def retry_policy() -> RetryPolicy | None:
     """Exponential backoff with jitter for remote or flaky steps.
 
     ``PRMFORGE_MAX_RETRIES`` (default 3) and ``PRMFORGE_RETRY_DELAY_S``
     (default 5; then 10, 20, ... seconds) tune it; tests set small values.
+    ``PRMFORGE_MAX_RETRIES=0`` disables retries.
     """
+    retries = int(os.environ.get("PRMFORGE_MAX_RETRIES", "3"))
+    if retries <= 0:
+        return None
     return RetryPolicy(
-        max_retries=int(os.environ.get("PRMFORGE_MAX_RETRIES", "3")),
+        max_retries=retries,
         delay=float(os.environ.get("PRMFORGE_RETRY_DELAY_S", "5")),
         backoff=Backoff.EXPONENTIAL,
         jitter=Jitter.PLUS_MINUS,

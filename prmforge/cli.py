@@ -1,0 +1,509 @@
+"""The ``prmforge`` command: run the pipeline, add datasets, open the UI, backfill.
+
+Every command uses one persistent Dagster instance, ``DAGSTER_HOME``
+(default ``<PRMFORGE_HOME>/dagster_home``, created with a ``dagster.yaml``
+on first use), so runs started here appear in ``prmforge ui`` and the
+other way round.
+
+Dagster is imported only inside functions: ``prmforge/`` never imports
+dagster at module import time (``prmforge --help`` and ``add-dataset`` stay
+fast, and the package stays usable without the orchestrator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prmforge.settings import home
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILE_CHOICES = ("tiny", "demo", "world")
+
+DAGSTER_YAML = """\
+# Dagster instance of prmforge's local runs (written once by the prmforge CLI; edit freely).
+# Runs, event logs and schedules live in SQLite files next to this file.
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    # GPU steps (policy_rollouts, mc_step_labels, judge_step_labels, prm_model) share the pool "gpu".
+    # One GPU: one such step at a time. More GPUs: `dagster instance concurrency set gpu N`
+    # or PRMFORGE_GPU_POOL_LIMIT=N for prmforge commands.
+    default_limit: 1
+    granularity: op
+  runs:
+    max_concurrent_runs: 4
+"""
+
+
+# ---- instance -----------------------------------------------------------------
+
+
+def dagster_home() -> Path:
+    """``DAGSTER_HOME`` or ``<PRMFORGE_HOME>/dagster_home``, with a ``dagster.yaml``.
+
+    The variable is exported so Dagster (and ``dagster dev`` started by
+    ``prmforge ui``) use the same directory.
+    """
+    path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster_home").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = path / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text(DAGSTER_YAML, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(path)
+    return path
+
+
+def get_instance():
+    """The persistent instance in :func:`dagster_home`."""
+    from dagster import DagsterInstance
+
+    dagster_home()
+    instance = DagsterInstance.get()
+    if os.environ.get("PRMFORGE_GPU_POOL_LIMIT"):
+        from pipelines.automation import GPU_POOL, gpu_pool_limit
+
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_pool_limit())
+    return instance
+
+
+def _apply_profile(profile: str | None) -> None:
+    if profile:
+        os.environ["PRMFORGE_PROFILE"] = profile
+
+
+def _load_defs():
+    """The code location (imported after the profile is set: resources read it)."""
+    from pipelines.definitions import build_defs
+
+    return build_defs()
+
+
+def register_partitions(instance, keys: Sequence[str] | None = None) -> list[str]:
+    """Add registry datasets (or ``keys``) as ``datasets`` partitions; returns those added."""
+    from assets.partitions import DATASETS_PARTITIONS_NAME
+    from prmforge.names import validate_name
+    from prmforge.registry import load_registry
+
+    wanted = list(keys) if keys is not None else sorted(load_registry())
+    for key in wanted:
+        validate_name(key, "dataset key")
+    existing = set(instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME))
+    new = [k for k in wanted if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, new)
+    return new
+
+
+# ---- progress -----------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class ProgressPrinter:
+    """Prints step starts, successes, retries, failures and checks of a run as they happen.
+
+    It polls the instance's event log for the run (the run itself executes in
+    this process); polling keeps it independent of the executor and storage.
+    """
+
+    KINDS = ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_UP_FOR_RETRY", "ASSET_CHECK_EVALUATION")
+
+    def __init__(self, instance, run_id: str, interval: float = 0.5) -> None:
+        self.instance = instance
+        self.run_id = run_id
+        self.interval = interval
+        self.seen = 0
+        self.started: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()  # whatever arrived after the last poll
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # progress output must never break a run
+                pass
+
+    def poll(self) -> None:
+        logs = self.instance.all_logs(self.run_id)
+        for entry in logs[self.seen:]:
+            self._show(entry)
+        self.seen = len(logs)
+
+    def _show(self, entry) -> None:
+        event = entry.dagster_event
+        if event is None or event.event_type_value not in self.KINDS:
+            return
+        step = event.step_key or "?"
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = entry.timestamp
+            _say(f"  > {step} started")
+        elif kind == "STEP_SUCCESS":
+            took = entry.timestamp - self.started.get(step, entry.timestamp)
+            _say(f"  + {step} done in {took:.1f}s")
+        elif kind == "STEP_UP_FOR_RETRY":
+            _say(f"  ~ {step} failed, retrying: {_first_line(event)}")
+        elif kind == "STEP_FAILURE":
+            _say(f"  ! {step} FAILED: {_first_line(event)}")
+        else:
+            data = event.event_specific_data
+            evaluation = getattr(data, "asset_check_evaluation", data)
+            name = getattr(evaluation, "check_name", "?")
+            passed = getattr(evaluation, "passed", None)
+            _say(f"    check {name}: {'passed' if passed else 'FAILED'}")
+
+
+def _first_line(event) -> str:
+    data = event.event_specific_data
+    err = getattr(data, "error", None)
+    text = (err.message if err is not None else event.message) or ""
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+# ---- planning a run -------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One run: a set of assets, with a partition key or not."""
+
+    title: str
+    keys: list = field(default_factory=list)
+    partition: str | None = None
+
+
+def plan(defs, partitions: Sequence[str], select: str | None = None) -> list[Phase]:
+    """Split the selected assets into runs Dagster can execute.
+
+    Unpartitioned roots (policy model, benchmark) run once first; the
+    per-dataset stages run once per partition; unpartitioned stages that
+    read every dataset (PRM training, evaluation, registration) run once
+    at the end, over all partitions.
+    """
+    from dagster import AssetSelection
+
+    graph = defs.resolve_asset_graph()
+    keys = graph.get_all_asset_keys()
+    executable = {k for k in keys if graph.get(k).is_executable}
+    chosen = AssetSelection.from_string(select).resolve(graph) if select else executable
+    chosen = chosen & executable
+
+    partitioned = {k for k in chosen if graph.get(k).partitions_def is not None}
+    all_partitioned = {k for k in executable if graph.get(k).partitions_def is not None}
+
+    memo: dict = {}
+
+    def after_partitioned(key) -> bool:
+        """True if any ancestor of ``key`` is partitioned."""
+        if key not in memo:
+            parents = set(graph.get(key).parent_keys)
+            memo[key] = bool(parents & all_partitioned) or any(after_partitioned(p) for p in parents
+                                                               if graph.has(p))
+        return memo[key]
+
+    before = sorted((k for k in chosen - partitioned if not after_partitioned(k)), key=str)
+    after = sorted((k for k in chosen - partitioned if after_partitioned(k)), key=str)
+    phases: list[Phase] = []
+    if before:
+        phases.append(Phase("shared inputs", before))
+    if partitioned:
+        for p in partitions:
+            phases.append(Phase(f"dataset {p}", sorted(partitioned, key=str), p))
+    if after:
+        phases.append(Phase("all datasets", after))
+    return phases
+
+
+def _names(keys: Sequence) -> str:
+    return ", ".join(k.to_user_string() for k in keys)
+
+
+def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str] | None = None,
+                   log_level: str = "WARNING") -> int:
+    """Execute the phases in order, in this process; returns the number of failed runs.
+
+    Runs go to the persistent instance under the ``full_pipeline`` job, so the
+    UI shows them with their logs. A failed dataset does not stop the other
+    datasets; the final phase runs if at least one dataset succeeded (it
+    trains on what exists) and the command exits non-zero.
+    """
+    from pipelines.jobs import FULL_PIPELINE_JOB
+
+    job = defs.resolve_job_def(FULL_PIPELINE_JOB)
+    failed = 0
+    dataset_ok = 0
+    dataset_runs = 0
+    for i, phase in enumerate(phases, 1):
+        if phase.title == "all datasets" and dataset_runs and not dataset_ok:
+            _say(f"[{i}/{len(phases)}] {phase.title}: skipped, every dataset run failed")
+            failed += 1
+            continue
+        _say(f"[{i}/{len(phases)}] {phase.title}: {_names(phase.keys)}")
+        run_id = str(uuid.uuid4())
+        start = time.time()
+        with ProgressPrinter(instance, run_id):
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=phase.partition,
+                asset_selection=list(phase.keys),
+                run_id=run_id,
+                raise_on_error=False,
+                tags={"prmforge/cli": "run", **(tags or {})},
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            )
+        status = "succeeded" if result.success else "FAILED"
+        _say(f"[{i}/{len(phases)}] {phase.title}: {status} in {time.time() - start:.1f}s (run {run_id})")
+        if phase.partition is not None:
+            dataset_runs += 1
+            dataset_ok += int(result.success)
+        if not result.success:
+            failed += 1
+    return failed
+
+
+# ---- commands -----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _apply_profile(args.profile)
+    instance = get_instance()
+    defs = _load_defs()
+    added = register_partitions(instance)
+    from assets.partitions import DATASETS_PARTITIONS_NAME
+
+    if args.partitions:
+        partitions = _split(args.partitions)
+        register_partitions(instance, partitions)
+    else:
+        from prmforge.registry import load_registry
+
+        partitions = sorted(load_registry())
+    from prmforge.profiles import active_profile
+
+    _say(f"prmforge run: profile {active_profile()}, DAGSTER_HOME {os.environ['DAGSTER_HOME']}")
+    if added:
+        _say(f"registered dataset partitions: {', '.join(added)}")
+    _say(f"datasets: {', '.join(partitions) or '(none)'}"
+         f" (all known: {', '.join(instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME))})")
+    phases = plan(defs, partitions, args.select)
+    if not phases:
+        _say("nothing selected")
+        return 2
+    failed = execute_phases(defs, instance, phases, log_level="DEBUG" if args.verbose else "WARNING")
+    _say("done: all runs succeeded" if not failed else f"done: {failed} run(s) failed; see `prmforge ui`")
+    return 0 if not failed else 1
+
+
+def _split(raw: str) -> list[str]:
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def _pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in _split(item):
+            if "=" not in part:
+                raise SystemExit(f"{what}: expected NAME=VALUE, got {part!r}")
+            k, v = part.split("=", 1)
+            out[k.strip()] = yaml.safe_load(v) if what == "--option" else v.strip()
+    return out
+
+
+def cmd_add_dataset(args: argparse.Namespace) -> int:
+    from prmforge.registry import RegistryError, add_dataset, default_registry_path
+
+    try:
+        spec = add_dataset(
+            args.key, args.source, format=args.format, adapter=args.adapter, split=args.split,
+            columns=_pairs(args.column_map, "--column-map"), options=_pairs(args.option, "--option"),
+            description=args.description or "", overwrite=args.overwrite,
+        )
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _say(f"added {spec.key!r} to {default_registry_path()}: source {spec.source!r}, format {spec.format}, "
+         f"adapter {spec.adapter}, split {spec.split}, columns {spec.columns or '{}'}")
+    if not args.no_partition:
+        instance = get_instance()
+        if register_partitions(instance, [spec.key]):
+            _say(f"added partition {spec.key!r}; ingest it with `prmforge run --partitions {spec.key}`, "
+                 "from the UI, or let the new-dataset sensor do it")
+    return 0
+
+
+def workspace_args() -> list[str]:
+    ws = REPO_ROOT / "workspace.yaml"
+    return ["-w", str(ws)] if ws.exists() else ["-m", "pipelines.definitions", "-a", "defs"]
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """``dagster dev`` (webserver + daemon: sensors, schedules, automation, backfills)."""
+    return [sys.executable, "-m", "dagster", "dev", *workspace_args(), "-h", host, "-p", str(port)]
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    _apply_profile(args.profile)
+    home_dir = dagster_home()
+    cmd = ui_command(args.host, args.port)
+    _say(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME {home_dir}); Ctrl-C stops it")
+    env = dict(os.environ, DAGSTER_HOME=str(home_dir))
+    proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT) if (REPO_ROOT / "workspace.yaml").exists() else None,
+                            env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: str | None,
+                    title: str | None = None) -> str:
+    """Submit an asset backfill the daemon executes, the same object the UI creates.
+
+    ``partitions=None`` means every registered dataset. The backfill shows in
+    the UI's Backfills tab; ``dagster dev`` / ``prmforge ui`` or the deployed
+    daemon runs it (per-dataset runs, within the gpu pool).
+    """
+    from dagster import AssetSelection
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    graph = defs.resolve_asset_graph()
+    executable = {k for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
+    keys = AssetSelection.from_string(select).resolve(graph) & executable if select else executable
+    backfill_id = uuid.uuid4().hex[:8]
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=graph,
+        partition_names=list(partitions) if partitions is not None else None,
+        asset_selection=sorted(keys, key=str),
+        backfill_timestamp=time.time(),
+        tags={"prmforge/cli": "backfill"},
+        dynamic_partitions_store=instance,
+        all_partitions=partitions is None,
+        title=title,
+        description="submitted by `prmforge backfill`",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    _apply_profile(args.profile)
+    instance = get_instance()
+    defs = _load_defs()
+    register_partitions(instance)
+    if args.all:
+        from assets.partitions import DATASETS_PARTITIONS_NAME
+
+        partitions = list(instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME))
+    else:
+        partitions = _split(args.partitions)
+        register_partitions(instance, partitions)
+    if not partitions:
+        print("error: no partitions to backfill", file=sys.stderr)
+        return 2
+    if args.daemon:
+        backfill_id = submit_backfill(defs, instance, None if args.all else partitions, args.select,
+                                      title=f"prmforge backfill {','.join(partitions)[:60]}")
+        _say(f"submitted backfill {backfill_id} over {len(partitions)} dataset(s): {', '.join(partitions)}; "
+             "the Dagster daemon (`prmforge ui` or the deployment) executes it; follow it in the UI's "
+             "Backfills tab")
+        return 0
+    _say(f"backfill in this process over {len(partitions)} dataset(s): {', '.join(partitions)}")
+    failed = execute_phases(defs, instance, plan(defs, partitions, args.select),
+                            tags={"prmforge/backfill": uuid.uuid4().hex[:8]})
+    _say("done: all runs succeeded" if not failed else f"done: {failed} run(s) failed")
+    return 0 if not failed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prmforge", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline in this process (seed problems to a registered PRM)")
+    run.add_argument("--profile", choices=PROFILE_CHOICES, help="sizes of every stage (default: PRMFORGE_PROFILE or demo)")
+    run.add_argument("--select", help="Dagster asset selection, e.g. 'key:seed_problems' or 'key:policy_rollouts+'")
+    run.add_argument("--partitions", help="comma-separated dataset keys (default: every registry dataset)")
+    run.add_argument("--verbose", action="store_true", help="also print Dagster's own event log")
+    run.set_defaults(func=cmd_run)
+
+    add = sub.add_parser("add-dataset", help="add a dataset to the registry and as a partition")
+    add.add_argument("key", help="dataset key: a-z, 0-9, '_', '-', '.'")
+    add.add_argument("--source", required=True,
+                     help="world | incoming | bundled:<file> | hub:<id> | path, file:// or s3:// URL")
+    add.add_argument("--format", default="auto", choices=["auto", "jsonl", "json", "parquet", "csv"])
+    add.add_argument("--adapter", default="auto", choices=["auto", "gsm8k", "math", "generic", "world"])
+    add.add_argument("--split", default="train")
+    add.add_argument("--column-map", action="append", metavar="ROLE=COLUMN",
+                     help="e.g. problem=question,answer=final (roles: problem, answer, split, id, solution)")
+    add.add_argument("--option", action="append", metavar="NAME=VALUE", help="adapter/reader option")
+    add.add_argument("--description")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    add.add_argument("--no-partition", action="store_true", help="only edit the registry")
+    add.set_defaults(func=cmd_add_dataset)
+
+    ui = sub.add_parser("ui", help="open the Dagster UI (webserver + daemon) on the same DAGSTER_HOME")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--profile", choices=PROFILE_CHOICES)
+    ui.set_defaults(func=cmd_ui)
+
+    bf = sub.add_parser("backfill", help="materialise many dataset partitions")
+    group = bf.add_mutually_exclusive_group(required=True)
+    group.add_argument("--partitions", help="comma-separated dataset keys")
+    group.add_argument("--all", action="store_true", help="every registered dataset")
+    bf.add_argument("--select", help="Dagster asset selection (default: the whole graph)")
+    bf.add_argument("--profile", choices=PROFILE_CHOICES)
+    bf.add_argument("--daemon", action="store_true",
+                    help="submit a backfill for the Dagster daemon (shown in the UI) instead of running here")
+    bf.set_defaults(func=cmd_backfill)
+    return parser
+
+
+def _quiet_warnings() -> None:
+    """Hide Dagster's preview/beta notices: they are for developers, not users of the CLI."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*(is currently in (beta|preview)|preview).*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        _quiet_warnings()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
