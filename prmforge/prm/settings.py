@@ -22,6 +22,7 @@ class PRMTrainSettings(BaseModel):
     max_steps: int | None = Field(60, description="cap on optimizer steps (None: epochs decide); bounds demo time")
     micro_batch_size: int = 32
     grad_accum: int = 1
+    group_by_length: int = 8
     max_grad_norm: float = 1.0
     seed: int = 0
     bf16: bool = True

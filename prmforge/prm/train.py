@@ -57,6 +57,7 @@ class TrainConfig(BaseModel):
     bf16: bool = True
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    group_by_length: int = 8  # windows of N global batches sorted by length (1 = off)
 
 
 @dataclass
@@ -116,11 +117,36 @@ def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg, world)))
 
 
-def batch_indices(n: int, step: int, cfg: TrainConfig, world: int, rank: int) -> list[list[int]]:
+def epoch_order(n: int, epoch: int, cfg: TrainConfig, world: int, lengths: Sequence[int] | None = None) -> list[int]:
+    """The example order of ``epoch``: seeded shuffle, then length grouping when ``lengths`` is given.
+
+    Length grouping (as in ``transformers``' ``group_by_length``) sorts windows of
+    ``group_by_length`` global batches by length, so a batch pads to similar
+    lengths, then shuffles the batches again. Both shuffles are seeded by
+    ``seed + epoch``, so the order stays a pure function of (seed, epoch).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    if lengths is None or cfg.group_by_length <= 1:
+        return perm
+    global_bs = cfg.micro_batch_size * cfg.grad_accum * world
+    window = global_bs * cfg.group_by_length
+    grouped: list[int] = []
+    for start in range(0, n, window):
+        grouped += sorted(perm[start:start + window], key=lambda i: (-lengths[i], i))
+    batches = [grouped[i:i + global_bs] for i in range(0, n, global_bs)]
+    full = [b for b in batches if len(b) == global_bs]
+    tail = [b for b in batches if len(b) != global_bs]
+    order = torch.randperm(len(full), generator=gen).tolist()
+    return [i for k in order for i in full[k]] + [i for b in tail for i in b]
+
+
+def batch_indices(n: int, step: int, cfg: TrainConfig, world: int, rank: int,
+                  lengths: Sequence[int] | None = None) -> list[list[int]]:
     """The micro-batches (example indices) of optimizer ``step`` for ``rank``: pure in (seed, step)."""
     spe = steps_per_epoch(n, cfg, world)
     epoch, offset = divmod(step, spe)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    perm = epoch_order(n, epoch, cfg, world, lengths)
     global_bs = cfg.micro_batch_size * cfg.grad_accum * world
     chunk = perm[offset * global_bs:(offset + 1) * global_bs]
     mine = chunk[rank::world]
@@ -304,11 +330,12 @@ def train_prm(
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = device.type == "cuda" and cfg.bf16
     hard = cfg.loss == "ce"
+    lengths = [len(ex.input_ids) for ex in examples]
     history: list[dict[str, float]] = []
     tokens_total, t_total, loss_value = 0, 0.0, float("nan")
     for step in range(start, total):
         t0 = time.perf_counter()
-        micro = [b for b in batch_indices(len(examples), step, cfg, world, rank) if b]
+        micro = [b for b in batch_indices(len(examples), step, cfg, world, rank, lengths) if b]
         batches = [collate([examples[i] for i in b], pad_token_id, hard_labels=hard) for b in micro]
         n_labels = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
         if world > 1:
