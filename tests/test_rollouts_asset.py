@@ -103,3 +103,32 @@ def test_bootstrap_policy_resolved_from_policy_model(s3_root: str, model_dir: Pa
     assert all(p.startswith("Problem: ") for p in table.column("prompt").to_pylist())
     meta = res.asset_materializations_for_node("policy_rollouts")[0].metadata
     assert meta["model"].value == uri
+
+
+@pytest.mark.slow
+def test_embedded_default_end_to_end(local_root: str) -> None:
+    """Default resources: real seed_problems (world), real bootstrap policy_model, hf engine."""
+    from assets.policy import policy_model
+    from assets.seed import seed_problems
+
+    instance = _instance()
+    resources = build_resources(storage=StorageResource(root=local_root))
+    assert isinstance(resources["policy_engine"], EngineResource) and resources["policy_engine"].model == ""
+    assert materialize([policy_model], instance=instance, resources=resources).success
+    res = materialize([seed_problems, policy_rollouts], partition_key=PART, instance=instance,
+                      resources=resources)
+    assert res.success
+    store = Storage(local_root)
+    seed = store.read_dataset("seed_problems", PART)
+    table = store.read_dataset("policy_rollouts", PART)
+    assert table.num_rows == 2 * min(12, seed.num_rows)
+    meta = res.asset_materializations_for_node("policy_rollouts")[0].metadata
+    assert meta["backend"].value == "hf" and meta["model"].value.startswith("file://")
+    rows = table.to_pylist()
+    assert all(r["prompt"].startswith("Problem: ") and r["prompt"].endswith("Solution:\n") for r in rows)
+    # the policy writes the world's format: its steps split on the world's separator
+    assert sum(len(r["steps"]) for r in rows) > len(rows)
+    # (the tiny profile's 12-step policy rarely finishes; grading is still applied to every row)
+    from prmforge.answers import grade
+
+    assert all((r["extracted_answer"], r["correct"]) == grade(r["text"], r["gold_answer"]) for r in rows)
