@@ -49,7 +49,7 @@ PROFILES["tiny"].update({
 })
 PROFILES["world"].update({
     "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192, "intermediate_size": 512,
-               "num_layers": 4, "num_heads": 6, "train_steps": 8000, "calib_problems": 1000},
+               "num_layers": 4, "num_heads": 6, "train_steps": 4000, "calib_problems": 1000},
     "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
 })
 
