@@ -208,7 +208,9 @@ def plan(defs, partitions: Sequence[str], select: str | None = None) -> list[Pha
     graph = defs.resolve_asset_graph()
     keys = graph.get_all_asset_keys()
     executable = {k for k in keys if graph.get(k).is_executable}
-    chosen = AssetSelection.from_string(select).resolve(graph) if select else executable
+    # A multi-asset (seed_problems + quarantine + dropped) runs as a whole.
+    chosen = (AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph)
+              if select else executable)
     chosen = chosen & executable
 
     partitioned = {k for k in chosen if graph.get(k).partitions_def is not None}
@@ -398,7 +400,8 @@ def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: st
 
     graph = defs.resolve_asset_graph()
     executable = {k for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
-    keys = AssetSelection.from_string(select).resolve(graph) & executable if select else executable
+    keys = (AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph) & executable
+            if select else executable)
     backfill_id = uuid.uuid4().hex[:8]
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=backfill_id,
