@@ -25,6 +25,7 @@ class EngineResource(ConfigurableResource):
     dtype: str = "auto"
     batch_size: int = 256
     trust_remote_code: bool = False
+    num_threads: int | None = None
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 16

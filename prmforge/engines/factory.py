@@ -23,6 +23,7 @@ class EngineConfig(BaseModel):
     dtype: str = "auto"
     batch_size: int = Field(256, gt=0, description="hf: rows (prompt x sample) decoded together")
     trust_remote_code: bool = False
+    num_threads: int | None = Field(None, description="hf on CPU: torch threads (None = torch default)")
     tensor_parallel_size: int = Field(1, gt=0)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int | None = None
@@ -47,7 +48,7 @@ def make_engine(cfg: EngineConfig) -> Engine:
         from prmforge.engines.hf import HFEngine
 
         return HFEngine(cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                        trust_remote_code=cfg.trust_remote_code)
+                        trust_remote_code=cfg.trust_remote_code, num_threads=cfg.num_threads)
     if cfg.backend == "openai":
         from prmforge.engines.openai import OpenAIEngine
 

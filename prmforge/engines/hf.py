@@ -347,8 +347,14 @@ class HFEngine(Engine):
         trust_remote_code: bool = False,
         add_special_tokens: bool = True,
         fast_path: bool = True,
+        num_threads: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if num_threads:
+            # On a shared CPU, one thread per process is often fastest (OpenMP
+            # barriers stall when a core is taken); None keeps torch's default.
+            torch.set_num_threads(num_threads)
 
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
