@@ -21,6 +21,7 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -136,8 +137,10 @@ def prm_model(
     s = settings.stage(PRMTrainSettings, PRM_MODEL, **config.model_dump())
     rows = select_rows(consensus_labels, s.datasets)
     if not rows:
-        raise ValueError(f"no consensus label rows for datasets {s.datasets!r}; "
-                         f"present: {sorted(set(consensus_labels.column('dataset').to_pylist()))}")
+        # Deterministic: retrying cannot help, so no retries (the orchestration layer retries remote steps).
+        raise Failure(description=f"no consensus label rows to train on (datasets {s.datasets!r}; present: "
+                      f"{sorted(set(consensus_labels.column('dataset').to_pylist()))}); label more rollouts or "
+                      "widen the selection", allow_retries=False)
     data_version = table_data_version(pa.Table.from_pylist(rows, schema=consensus_labels.schema)).value
     label_versions = partition_data_versions(context, "consensus_labels")
     base = _base_model(context, s)
@@ -280,7 +283,7 @@ def registered_prm(
         "dagster_run_id": context.run.run_id,
     }
     local = resolve_model_dir(str(prm_meta["uri"]))
-    mlflow._activate()
+    mlf.set_tracking_uri(mlflow.tracking_uri)
     run_id = str(prm_meta.get("mlflow_run_id") or "") or None
     if run_id:
         with mlf.start_run(run_id=run_id):
