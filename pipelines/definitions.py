@@ -16,6 +16,18 @@ from resources import build_resources
 ASSET_MODULES = [assets.seed, assets.policy, assets.rollouts, assets.labels, assets.prm]
 
 
+def _executor() -> Any:
+    """``PRMFORGE_EXECUTOR=k8s`` runs each step in its own pod (``k8s_job_executor``,
+    needs the ``k8s`` extra); anything else keeps Dagster's default executor."""
+    import os
+
+    if os.environ.get("PRMFORGE_EXECUTOR", "").lower() == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return None
+
+
 def build_defs(**resource_overrides: Any) -> Definitions:
     """Build the code location; tests pass resource overrides (storage root, profile)."""
     from pipelines import automation_defs
@@ -27,6 +39,7 @@ def build_defs(**resource_overrides: Any) -> Definitions:
         assets=apply_orchestration(load_assets_from_modules(ASSET_MODULES)),
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
         resources=build_resources(**resource_overrides),
+        executor=_executor(),
         **automation_defs(),
     )
 

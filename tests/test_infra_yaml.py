@@ -1,0 +1,98 @@
+"""Every YAML file in infra/ parses, and holds the keys the code and the other files rely on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.y*ml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_infra_yaml_parses(path: Path) -> None:
+    assert isinstance(load(path), dict), f"{path} is not a YAML mapping"
+
+
+def test_instance_yaml_is_valid_dagster_config(tmp_path: Path) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    (tmp_path / "dagster.yaml").write_text((INFRA / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))  # validates against Dagster's schema
+    assert "postgres" in config["storage"]
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"]["pools"]["default_limit"] == 1  # the gpu pool: one GPU step at a time
+    pg = config["storage"]["postgres"]["postgres_db"]
+    assert all(isinstance(v, dict) and "env" in v for k, v in pg.items() if k != "port"), "secrets from env only"
+
+
+def test_compose_services_ports_and_env() -> None:
+    compose = load(INFRA / "docker-compose.yml")
+    services = compose["services"]
+    assert {"postgres", "minio", "mlflow", "user_code", "dagster_webserver", "dagster_daemon"} <= set(services)
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    gpu = services["user_code"]
+    assert gpu["build"]["dockerfile"] == "infra/Dockerfile.gpu"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "[gpu" in (INFRA / "Dockerfile.gpu").read_text()  # the image installs the gpu extra
+    env = gpu["environment"]
+    # Variables prmforge reads (prmforge/settings.py, pipelines/*): same names here.
+    settings_src = (REPO / "prmforge" / "settings.py").read_text()
+    for var in ("PRMFORGE_STORAGE_ROOT", "PRMFORGE_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert var in env and var in settings_src, var
+    assert "PRMFORGE_REFRESH_CRON" in env and "PRMFORGE_REGISTRY" in env
+    # No literal secret: passwords are interpolated from the environment.
+    text = (INFRA / "docker-compose.yml").read_text()
+    for key in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD"):
+        for m in re.finditer(rf"{key}: (.+)", text):
+            assert m.group(1).strip().startswith("${"), f"{key} is not taken from the environment"
+    # The instance config is mounted into every Dagster container image.
+    assert "infra/dagster.yaml" in (INFRA / "Dockerfile").read_text()
+
+
+def test_workspace_points_at_the_code_server() -> None:
+    compose = load(INFRA / "docker-compose.yml")
+    ws = load(INFRA / "workspace.yaml")["load_from"][0]["grpc_server"]
+    cmd = load(INFRA / "docker-compose.yml")["services"]["user_code"].get("command") or []
+    dockerfile_cmd = (INFRA / "Dockerfile.gpu").read_text()
+    assert ws["host"] == "user_code" and "user_code" in compose["services"]
+    assert f'"-p", "{ws["port"]}"' in dockerfile_cmd or str(ws["port"]) in cmd
+    root_ws = load(REPO / "workspace.yaml")["load_from"][0]["python_module"]
+    assert root_ws["module_name"] == "pipelines.definitions" and root_ws["attribute"] == "defs"
+
+
+def test_helm_values_match_the_code() -> None:
+    from pipelines import automation, definitions
+
+    values = load(INFRA / "helm" / "values.yaml")
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert isinstance(values["concurrency"]["pools"]["defaultLimit"], int)
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    args = deployment["dagsterApiGrpcArgs"]
+    module, attr = args[args.index("-m") + 1], args[args.index("-a") + 1]
+    assert module == "pipelines.definitions" and hasattr(definitions, attr)
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    assert env["PRMFORGE_EXECUTOR"] == "k8s" and "PRMFORGE_EXECUTOR" in Path(definitions.__file__).read_text()
+    # The op tag the k8s executor reads is the one prmforge puts on GPU steps.
+    tag = automation.k8s_gpu_op_tags()
+    assert list(tag) == ["dagster-k8s/config"] and "nvidia.com/gpu" in tag["dagster-k8s/config"]
+    assert "dagster-k8s/config" in (INFRA / "helm" / "values.yaml").read_text()
+
+
+def test_dockerfiles_copy_files_that_exist() -> None:
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        for line in (INFRA / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (REPO / src).exists(), f"{dockerfile}: COPY {src} does not exist"
