@@ -30,7 +30,9 @@ def test_instance_yaml_is_valid_dagster_config(tmp_path: Path) -> None:
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["concurrency"]["pools"]["default_limit"] == 1  # the gpu pool: one GPU step at a time
     pg = config["storage"]["postgres"]["postgres_db"]
-    assert all(isinstance(v, dict) and "env" in v for k, v in pg.items() if k != "port"), "secrets from env only"
+    assert all(isinstance(v, dict) and "env" in v for k, v in pg.items() if k not in ("port", "scheme")), \
+        "connection settings and secrets come from the environment"
+    assert pg["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
 
 
 def test_compose_services_ports_and_env() -> None:
