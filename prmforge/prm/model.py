@@ -127,13 +127,15 @@ def load_backbone(ref: str, trust_remote_code: bool = False):
     where = resolve_model_dir(ref)
     if isinstance(where, Path):
         check_no_pickle(where)
+    # Hub ids resolve from the local Hugging Face cache only: nothing downloads at run time.
+    local_only = {} if isinstance(where, Path) else {"local_files_only": True}
     try:
-        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code, **local_only)
         model = AutoModel.from_pretrained(str(where), use_safetensors=True, trust_remote_code=trust_remote_code,
-                                          dtype=torch.float32)
+                                          dtype=torch.float32, **local_only)
     except OSError as exc:
-        hint = " (no model hub is reachable offline: pass a local path or storage URI)" if not isinstance(
-            where, Path) else ""
+        hint = (" (hub ids load from the local Hugging Face cache only, offline: pass a local path or "
+                "storage URI)") if not isinstance(where, Path) else ""
         raise ModelSourceError(f"could not load model {ref!r}{hint}: {exc}") from exc
     return model, tok
 
