@@ -82,7 +82,8 @@ def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
 
     e = meta("prm_evaluation")
     assert 0.0 <= e["world_f1"] <= 1.0 and "| world |" in e["summary"]
-    assert {"bon2_prm_min", "bon2_majority", "bon2_pass_at_n", "min_on_last_step_share", "rawp_flagged"} <= set(e)
+    assert {"bon2_prm_min", "bon2_majority", "bon2_pass_at_n", "min_on_last_step_share", "rawp_flagged",
+            "random_scorer_world_f1", "beats_random_scorer"} <= set(e)
     r = meta("registered_prm")
     assert r["version"] == "1" and r["promoted"] is True and "champion" in r["aliases"]
 
