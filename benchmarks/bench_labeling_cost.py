@@ -101,42 +101,45 @@ def main(argv: list[str] | None = None) -> dict:
           f"{rollout_s:.1f}s); K={args.k}; CPU threads {args.threads} on a shared machine", flush=True)
 
     summary: dict = {"rollouts": len(items), "policy_accuracy": accuracy, "k": args.k, "modes": {}}
-    results = {}
+    results, walls, calls = {}, {}, {}
     grader = default_grader()
     for mode in ("per_step", "binary_search"):
         value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=args.seed,
                             separator=STEP_SEPARATOR, batch_prefixes=args.batch_prefixes)
         t = time.perf_counter()
-        res = run_search(items, mode, value)
-        wall = time.perf_counter() - t
-        ok = [r for r in res if r.status == "ok"]
-        n_ok = max(len(ok), 1)
+        results[mode] = {r.rollout_id: r for r in run_search(items, mode, value)}
+        walls[mode], calls[mode] = time.perf_counter() - t, value.calls
+
+    # costs and agreement over the rollouts both modes labelled (a probe can fail in one mode only)
+    ps, bs = results["per_step"], results["binary_search"]
+    both = [rid for rid in ps if ps[rid].status == "ok" and bs[rid].status == "ok"]
+    n_both = max(len(both), 1)
+    for mode, res in results.items():
         m = {
-            "labelled": len(ok),
-            "completions_per_rollout": sum(r.completions for r in res) / n_ok,
-            "tokens_per_rollout": sum(r.generated_tokens for r in res) / n_ok,
-            "probes_per_rollout": sum(len(r.probe_steps) for r in ok) / n_ok,
-            "engine_calls": value.calls,
-            "wall_s": wall,
-            "oracle": score([(r.first_error, truth[r.rollout_id]) for r in ok]).__dict__,
+            "labelled": sum(r.status == "ok" for r in res.values()),
+            "completions_per_rollout": sum(res[r].completions for r in both) / n_both,
+            "tokens_per_rollout": sum(res[r].generated_tokens for r in both) / n_both,
+            "probes_per_rollout": sum(len(res[r].probe_steps) for r in both) / n_both,
+            "engine_calls": calls[mode],
+            "wall_s": walls[mode],
+            "oracle": score([(res[r].first_error, truth[r]) for r in both]).__dict__,
         }
-        results[mode] = {r.rollout_id: r for r in res}
         summary["modes"][mode] = m
         print(f"{mode:>14}: {m['completions_per_rollout']:.1f} completions, {m['tokens_per_rollout']:.0f} "
               f"generated tokens, {m['probes_per_rollout']:.2f} probes per labelled rollout; "
-              f"{m['engine_calls']} engine calls, {wall:.1f}s; oracle exact {m['oracle']['exact']:.3f}", flush=True)
+              f"{m['labelled']} labelled, {m['engine_calls']} engine calls, {walls[mode]:.1f}s; "
+              f"oracle exact {m['oracle']['exact']:.3f}", flush=True)
 
-    ps, bs = results["per_step"], results["binary_search"]
-    both = [rid for rid in ps if ps[rid].status == "ok" and bs[rid].status == "ok"]
-    agree = sum(ps[rid].first_error == bs[rid].first_error for rid in both) / max(len(both), 1)
-    wrong = [rid for rid in both if not next(i for i in items if i.rollout_id == rid).final_correct]
+    agree = sum(ps[rid].first_error == bs[rid].first_error for rid in both) / n_both
+    correct_ids = {i.rollout_id for i in items if i.final_correct}
+    wrong = [rid for rid in both if rid not in correct_ids]
     agree_wrong = sum(ps[rid].first_error == bs[rid].first_error for rid in wrong) / max(len(wrong), 1)
     tok_ratio = summary["modes"]["per_step"]["tokens_per_rollout"] / max(
         summary["modes"]["binary_search"]["tokens_per_rollout"], 1e-9)
     comp_ratio = summary["modes"]["per_step"]["completions_per_rollout"] / max(
         summary["modes"]["binary_search"]["completions_per_rollout"], 1e-9)
     summary.update(token_ratio=tok_ratio, completion_ratio=comp_ratio, agreement=agree,
-                   agreement_on_wrong_answers=agree_wrong)
+                   agreement_on_wrong_answers=agree_wrong, compared=len(both))
 
     # bonus: calculator judge and consensus against the oracle, per MC mode
     calc = {i.rollout_id: first_wrong_step(i.steps) for i in items}

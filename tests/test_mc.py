@@ -172,3 +172,33 @@ def test_truncated_rollout_probes_its_last_prefix() -> None:
         assert 3 in res[0].probe_steps
     bs = run_search(items, "binary_search", TableValue(values))
     assert bs[0].probe_steps == [3]  # one probe settles an all-positive truncated rollout
+
+
+def test_engine_value_retries_failed_probes_with_a_smaller_budget() -> None:
+    """A prefix too long for the context gets a halved completion budget; a hopeless one stays failed."""
+    from prmforge.engines.base import Completion, Engine
+
+    class ContextLimited(Engine):
+        """Refuses prompt + max_tokens beyond 60 characters-as-tokens, like a real context limit."""
+
+        def __init__(self) -> None:
+            self.budgets: list[int] = []
+
+        def generate(self, prompts, params):
+            self.budgets.append(params.max_tokens)
+            out = []
+            for p in prompts:
+                if len(p) + params.max_tokens > 60:
+                    out.append([Completion("", len(p), 0, "error", "too long")] * params.n)
+                else:
+                    out.append([Completion("The answer is 7.", len(p), 5)] * params.n)
+            return out
+
+    eng = ContextLimited()
+    value = EngineValue(eng, grade=lambda t, g: g in t, k=2, max_tokens=40, min_tokens=10)
+    short = MCItem("a", "p\n", ["s"], "7", False)
+    long = MCItem("b", "p" * 30 + "\n", ["s"], "7", False)
+    hopeless = MCItem("c", "p" * 70 + "\n", ["s"], "7", False)
+    res = value([(short, 0), (long, 0), (hopeless, 0)])
+    assert res[0].soft == 1.0 and res[1].soft == 1.0 and res[2].soft is None
+    assert eng.budgets == [40, 20, 10]  # only failed probes are retried, each time with half the budget

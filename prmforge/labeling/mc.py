@@ -294,31 +294,52 @@ class EngineValue:
     calls: int = 0
     last_error: str | None = None
 
+    min_tokens: int = 32
+    retried: int = 0
+
     def __call__(self, probes: list[tuple[MCItem, int]]) -> list[ProbeResult]:
         out: list[ProbeResult] = []
-        params = SamplingParams(n=self.k, temperature=self.temperature, top_p=self.top_p,
-                                max_tokens=self.max_tokens, seed=self.seed)
         for start in range(0, len(probes), self.batch_prefixes):
-            chunk = probes[start : start + self.batch_prefixes]
-            prompts = [prefix_prompt(item, step, self.separator) for item, step in chunk]
-            try:
-                comps = self.engine.generate(prompts, params)
-            except Exception as exc:  # noqa: BLE001 - an outage fails these probes, recorded
-                out.extend(ProbeResult(None, 0, 0, 0, failed=self.k) for _ in chunk)
-                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-                continue
-            self.calls += 1
-            for (item, _), cs in zip(chunk, comps, strict=True):
-                good = [c for c in cs if c.finish_reason != "error" and c.error is None]
-                correct = sum(1 for c in good if self.grade(c.text, item.gold))
-                out.append(ProbeResult(
-                    soft=(correct / len(good)) if good else None,
-                    completions=len(cs),
-                    generated_tokens=sum(c.completion_tokens for c in cs),
-                    prompt_tokens=sum(c.prompt_tokens for c in cs[:1]),
-                    failed=len(cs) - len(good),
-                ))
+            out.extend(self._estimate(probes[start : start + self.batch_prefixes], self.max_tokens))
         return out
+
+    def _estimate(self, chunk: list[tuple[MCItem, int]], max_tokens: int) -> list[ProbeResult]:
+        """One engine call; probes whose every completion failed are retried once per halved budget.
+
+        Why: a long prefix leaves less room in the model's context, and
+        engines refuse ``prompt + max_tokens`` beyond it. The completion of a
+        longer prefix also needs fewer tokens, so a smaller budget (down to
+        ``min_tokens``) is a fair estimate; a completion that runs out of
+        budget simply counts as not reaching the answer. Probes that still
+        fail stay failed (recorded as an ``error`` rollout, never guessed).
+        """
+        params = SamplingParams(n=self.k, temperature=self.temperature, top_p=self.top_p,
+                                max_tokens=max_tokens, seed=self.seed)
+        prompts = [prefix_prompt(item, step, self.separator) for item, step in chunk]
+        try:
+            comps = self.engine.generate(prompts, params)
+            self.calls += 1
+        except Exception as exc:  # noqa: BLE001 - an outage fails these probes, recorded
+            self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            comps = [[] for _ in chunk]
+        out: list[ProbeResult | None] = []
+        retry: list[int] = []
+        for i, ((item, _), cs) in enumerate(zip(chunk, comps, strict=True)):
+            good = [c for c in cs if c.finish_reason != "error" and c.error is None]
+            if not good:
+                retry.append(i)
+                out.append(None)
+                continue
+            correct = sum(1 for c in good if self.grade(c.text, item.gold))
+            out.append(ProbeResult(soft=correct / len(good), completions=len(cs),
+                                   generated_tokens=sum(c.completion_tokens for c in cs),
+                                   prompt_tokens=sum(c.prompt_tokens for c in cs[:1]), failed=len(cs) - len(good)))
+        if retry and max_tokens // 2 >= self.min_tokens:
+            self.retried += len(retry)
+            again = self._estimate([chunk[i] for i in retry], max_tokens // 2)
+            for i, r in zip(retry, again, strict=True):
+                out[i] = r
+        return [r if r is not None else ProbeResult(None, 0, 0, 0, failed=self.k) for r in out]
 
 
 def default_grader() -> Grader:
