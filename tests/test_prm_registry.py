@@ -91,3 +91,18 @@ def test_champion_scores_steps_in_fresh_process(logged_prm, tmp_path: Path) -> N
     scores = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [len(s) for s in scores] == [2, 1]
     assert all(0.0 < x < 1.0 for s in scores for x in s)
+
+
+def test_half_registered_version_is_removed_and_never_champion(logged_prm) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from prmforge.prm.registry import register_and_gate
+
+    client, model_uri, run_id, _ = logged_prm
+    with pytest.raises(MlflowException):  # an invalid tag key fails half-way through tagging
+        register_and_gate(client, "prm-half", model_uri, run_id, "world_f1", 0.9, {"bad\nkey": "x"})
+    assert client.search_model_versions("name='prm-half'") == []
+    assert "champion" not in (client.get_registered_model("prm-half").aliases or {})
+    # Version 1 had been created (then deleted): the next registration is version 2 and becomes champion.
+    d = register_and_gate(client, "prm-half", model_uri, run_id, "world_f1", 0.9, {})
+    assert d.version == "2" and d.promoted
