@@ -23,6 +23,7 @@ class PRMTrainSettings(BaseModel):
     micro_batch_size: int = 32
     grad_accum: int = 1
     group_by_length: int = 8
+    backbone_lr_ratio: float = Field(1.0, description="backbone lr = lr x this (head uses lr)")
     max_grad_norm: float = 1.0
     seed: int = 0
     bf16: bool = True

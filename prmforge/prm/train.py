@@ -57,6 +57,7 @@ class TrainConfig(BaseModel):
     bf16: bool = True
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    backbone_lr_ratio: float = 1.0
     group_by_length: int = 8  # windows of N global batches sorted by length (1 = off)
 
 
@@ -310,12 +311,17 @@ def train_prm(
     model.to(device).train()
     total = total_steps(len(examples), cfg, world)
     warmup = int(cfg.warmup_ratio * total)
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, foreach=False)
+            is_head = name.startswith("head.")
+            decays = not (p.ndim < 2 or "norm" in name.lower())
+            groups.setdefault((is_head, decays), []).append(p)
+    # The new head may learn faster than the pretrained backbone (backbone_lr_ratio < 1).
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
+          "lr": cfg.lr * (1.0 if is_head else cfg.backbone_lr_ratio)}
+         for (is_head, decays), ps in sorted(groups.items())], lr=cfg.lr, foreach=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, cfg.min_lr_ratio))
     start = 0
     if checkpoints is not None:
@@ -368,7 +374,7 @@ def train_prm(
         tokens_total += step_tokens * world
         t_total += dt
         loss_value = step_loss / max(1, n_labels) * (world if world > 1 else 1)
-        record = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        record = {"loss": loss_value, "lr": max(scheduler.get_last_lr()), "grad_norm": grad_norm,
                   "tokens": float(step_tokens * world), "tokens_per_s": step_tokens * world / dt if dt else 0.0}
         history.append(record)
         done = step + 1
