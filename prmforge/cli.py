@@ -34,6 +34,8 @@ DAGSTER_YAML = """\
 # Runs, event logs and schedules live in SQLite files next to this file.
 telemetry:
   enabled: false
+nux:
+  enabled: false
 concurrency:
   pools:
     # GPU steps (policy_rollouts, mc_step_labels, judge_step_labels, prm_model) share the pool "gpu".
