@@ -29,7 +29,7 @@ class PolicySettings(BaseModel):
     num_heads: int = 4
     max_seq_len: int = 256
     # optimisation
-    train_steps: int = 500
+    train_steps: int = 600
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
