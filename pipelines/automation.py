@@ -154,16 +154,20 @@ def on_new_data() -> AutomationCondition:
 def retrain_condition() -> AutomationCondition:
     """When ``prm_model`` retrains.
 
-    The trigger (a changed data version upstream, or the model missing) is
-    remembered until handled, so a tick that falls between the labels'
-    materialisation and their checks does not lose it; the run starts once
-    every blocking check upstream has passed. Partitions of the labels that
-    do not exist yet (a dataset still flowing) do not block retraining on
-    the ones that do, but anything in progress does, so one new dataset
-    leads to one retrain.
+    Trigger: a dependency's data version changed (or the model is missing).
+    Unlike ``on_new_data`` it does not chain onto labels requested in the same
+    tick: the labels land and pass their checks first, then one retrain reads
+    every dataset. The trigger is remembered until handled, so a tick that
+    falls between the labels' materialisation and their checks does not lose
+    it; the run starts once every blocking check upstream has passed and
+    nothing upstream is in progress (so one new dataset leads to one retrain).
+    Partitions of the labels that do not exist yet do not block retraining on
+    the ones that do.
     """
+    changed = AutomationCondition.any_deps_match(AutomationCondition.data_version_changed())
     return (
-        (AutomationCondition.newly_missing() | _deps_have_new_data()).since_last_handled()
+        (AutomationCondition.newly_missing() | changed.with_label("any_deps_data_version_changed"))
+        .since_last_handled()
         & AutomationCondition.all_deps_blocking_checks_passed()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
