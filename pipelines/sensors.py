@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 
 from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -242,4 +244,18 @@ def new_dataset_sensor(context: SensorEvaluationContext, storage: StorageResourc
     )
 
 
-SENSORS = [new_dataset_sensor]
+# Evaluates the automation conditions of pipelines/automation.py. Dagster's
+# implicit default sensor starts STOPPED; this one runs as soon as the daemon
+# does, so a dropped file flows to a retrained PRM with no click in the UI.
+# Requests that span partitioned and unpartitioned assets become a backfill,
+# which executes them in dependency order.
+automation_sensor = AutomationConditionSensorDefinition(
+    "prmforge_automation",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    emit_backfills=True,
+    description="Runs the stages whose automation conditions (pipelines/automation.py) are true.",
+)
+
+SENSORS = [new_dataset_sensor, automation_sensor]

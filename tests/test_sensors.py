@@ -175,3 +175,9 @@ def test_sensor_is_in_the_code_location_and_targets_ingestion() -> None:
     sensor = defs.resolve_sensor_def("new_dataset_sensor")
     assert sensor.job_name == "seed_job"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    # Automation conditions are evaluated without anyone turning a sensor on.
+    automation = defs.resolve_sensor_def("prmforge_automation")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    targeted = automation.asset_selection.resolve(graph)
+    assert {dg.AssetKey("prm_model"), dg.AssetKey("consensus_labels")} <= targeted
