@@ -218,6 +218,9 @@ class LoopbackLLM:
             return self._send(h, 200, b"{}")
         if action.isdigit():
             return self._send(h, int(action), json.dumps({"error": f"injected {action}"}).encode())
+        if action == "echo":  # a 500 whose body repeats the caller's credentials
+            body = json.dumps({"error": f"upstream rejected {h.headers.get('Authorization')}"}).encode()
+            return self._send(h, 500, body)
         if action == "garbage":
             return self._send(h, 200, b"<html>502 bad gateway</html>")
         if action == "truncated":
@@ -233,41 +236,50 @@ class LoopbackLLM:
 # a real MLflow tracking server (MLflow's own server app) on loopback
 # ---------------------------------------------------------------------------
 class MLflowTrackingServer:
-    """MLflow's tracking server app on 127.0.0.1 in a thread, sqlite-backed; stopped and restarted on one port.
+    """MLflow's tracking server app on 127.0.0.1 in a child process, sqlite-backed; killed and restarted.
 
-    It is the same WSGI app ``mlflow server`` runs; serving it in-process
-    skips the 30-60 s worker start of ``mlflow server`` on a loaded 2-core
-    machine. MLflow caches its stores per process, so one instance (one
-    database) serves a whole test module.
+    It is the same WSGI app ``mlflow server`` runs, served by werkzeug in one
+    process: that skips the 30-60 s worker start of ``mlflow server`` on a
+    loaded 2-core machine. ``stop`` is a SIGKILL, so open keep-alive
+    connections die with it, as in a real crash.
     """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._srv = None
-        self._thread: threading.Thread | None = None
+        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        from werkzeug.serving import make_server
+    def start(self, timeout: float = 180) -> None:
+        import urllib.request
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         db = f"sqlite:///{self.workdir / 'mlflow.db'}"
-        os.environ.update({"_MLFLOW_SERVER_FILE_STORE": db, "_MLFLOW_SERVER_REGISTRY_STORE": db,
-                           "_MLFLOW_SERVER_ARTIFACT_ROOT": (self.workdir / "artifacts").as_uri(),
-                           "_MLFLOW_SERVER_SERVE_ARTIFACTS": "false"})
-        from mlflow.server import app
-
-        self._srv = make_server("127.0.0.1", self.port, app, threaded=True)
-        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
-        self._thread.start()
+        env = child_env(_MLFLOW_SERVER_FILE_STORE=db, _MLFLOW_SERVER_REGISTRY_STORE=db,
+                        _MLFLOW_SERVER_ARTIFACT_ROOT=(self.workdir / "artifacts").as_uri(),
+                        _MLFLOW_SERVER_SERVE_ARTIFACTS="false")
+        code = ("from mlflow.server import app\nfrom werkzeug.serving import make_server\n"
+                f"make_server('127.0.0.1', {self.port}, app, threaded=True).serve_forever()\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=self.workdir, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"MLflow server exited rc={self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("MLflow server did not become healthy")
 
     def stop(self) -> None:
-        if self._srv is not None:
-            self._srv.shutdown()
-            self._srv.server_close()
-            self._srv = None
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
 
     @property
     def running(self) -> bool:
-        return self._srv is not None
+        return self.proc is not None and self.proc.poll() is None

@@ -89,8 +89,8 @@ def test_kill9_rollouts_resume_identical(tmp_path: Path, policy_dir: Path, fault
 
 
 def test_kill9_mc_labelling_resume_identical(tmp_path: Path, policy_dir: Path, fault) -> None:
-    from prmforge.rollouts import DATASET, RolloutSettings, generate_rollouts
     from prmforge.engines.factory import EngineConfig, make_engine
+    from prmforge.rollouts import DATASET, RolloutSettings, generate_rollouts
 
     roots = _roots(tmp_path)
     # Rollouts to label: made once, copied to both roots.

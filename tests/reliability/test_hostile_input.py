@@ -111,7 +111,7 @@ def test_hostile_corpus_quarantined_and_conserved(local_root: str, tmp_path: Pat
         got[row_file or ("dupes.jsonl" if kind == "deduplicated" else "contaminated.jsonl")][kind] += 1
     # Every bad kind is quarantined with its reason (checked per file; counts from the stored tables).
     expected_reasons = Counter()
-    for f, exp in expect.items():
+    for exp in expect.values():
         expected_reasons.update({k: v for k, v in exp.items()
                                  if k not in ("accepted", "deduplicated", "decontaminated")})
     assert Counter(quarantine.column("reason").to_pylist()) == expected_reasons

@@ -37,7 +37,7 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowTrackin
 @pytest.fixture(autouse=True)
 def _bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(RETRIES))
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
@@ -94,10 +94,11 @@ def test_tracking_server_dies_during_training(tracking: MLflowTrackingServer, lo
     assets, run_config = _prm_setup(tmp_path, local_root)
     ckpt = Path(Storage(local_root).path("checkpoints", "prm"))
     stopped_at: dict[str, int] = {}
+    finished = threading.Event()
 
     def stop_after_first_checkpoint() -> None:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not finished.is_set():
             done = [int(p.parent.name[5:]) for p in ckpt.glob("*/step-*/_COMPLETE")]
             if done:
                 tracking.stop()
@@ -108,7 +109,10 @@ def test_tracking_server_dies_during_training(tracking: MLflowTrackingServer, lo
     watcher = threading.Thread(target=stop_after_first_checkpoint)
     watcher.start()
     t0 = time.monotonic()
-    res, _ = _materialize_prm(assets, run_config, local_root, tracking.url, tmp_path)
+    try:
+        res, _ = _materialize_prm(assets, run_config, local_root, tracking.url, tmp_path)
+    finally:
+        finished.set()
     failed_after_s = time.monotonic() - t0
     watcher.join()
     assert "step" in stopped_at
