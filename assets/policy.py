@@ -166,23 +166,15 @@ def world_benchmark(
     settings: SettingsResource,
 ) -> Iterator[Any]:
     """Sample the policy on held-out problems, label with the oracle, balance the classes."""
-    from prmforge.engines.hf import resolve_model_path
-    from prmforge.policy.sample import load_policy
+    from prmforge.policy.sample import policy_engine
 
     uri = upstream_uri(context, "policy_model")
     difficulty = str(upstream_metadata(context, "policy_model").get("difficulty") or "easy")
     bs = settings.stage(BenchmarkSettings, "world_benchmark",
                         **config.model_dump(exclude={"min_per_class"}))
     ps = settings.stage(PolicySettings, "policy")
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(ps.num_threads)
-    try:
-        model, tok = load_policy(resolve_model_path(uri))
-        table, summary = build_world_benchmark(model, tok, bs, difficulty)
-    finally:
-        torch.set_num_threads(prev)
+    with policy_engine(uri, bs.sample_batch_size, ps.num_threads) as engine:
+        table, summary = build_world_benchmark(engine, bs, difficulty)
     context.log.info(f"world_benchmark from {uri}: {summary}")
     yield Output(
         table,

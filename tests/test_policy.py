@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from prmforge.policy import PolicySettings
 from prmforge.policy.calibration import report_from_samples
-from prmforge.policy.sample import JudgedSample, load_policy, sample_and_judge
+from prmforge.policy.sample import JudgedSample, policy_engine, sample_and_judge
 from prmforge.policy.train import train_policy
 from prmforge.profiles import stage_settings
 from prmforge.world import generate_problems
@@ -73,12 +73,15 @@ def test_training_is_deterministic(tiny, trained, tmp_path):
 
 
 def test_sample_and_judge_is_reproducible(trained, tiny):
-    model, tok = load_policy(trained)
     problems = generate_problems(4, 7, tiny.difficulty, split="heldout")
-    one = sample_and_judge(model, tok, problems, 2, 1.0, 24, 3, seed=5)
-    two = sample_and_judge(model, tok, problems, 2, 1.0, 24, 3, seed=5)
+    with policy_engine(trained, batch_size=3, num_threads=1) as small, \
+            policy_engine(trained, batch_size=8, num_threads=1) as big:
+        one = sample_and_judge(small, problems, 2, 1.0, 24, seed=5)
+        two = sample_and_judge(big, problems, 2, 1.0, 24, seed=5)
+        other = sample_and_judge(big, problems, 2, 1.0, 24, seed=6)
     assert len(one) == 8
-    assert [s.text for s in one] == [s.text for s in two]
+    assert [s.text for s in one] == [s.text for s in two]  # batch size does not change samples
+    assert [s.text for s in one] != [s.text for s in other]
     report = report_from_samples(one)
     assert report.n == 8 and 0.0 <= report.accuracy <= 1.0
     assert sum(report.first_error_histogram.values()) == sum(s.first_error >= 0 for s in one)

@@ -17,6 +17,7 @@ import random
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from prmforge.engines.base import Engine
 from prmforge.policy.sample import JudgedSample, sample_and_judge
 from prmforge.schemas import register_schema
 from prmforge.world import generate_problems
@@ -94,12 +95,12 @@ def to_table(samples: list[JudgedSample]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=WORLD_BENCHMARK)
 
 
-def build_world_benchmark(model, tok, settings: BenchmarkSettings, difficulty: str) -> tuple[pa.Table, dict]:
+def build_world_benchmark(engine: Engine, settings: BenchmarkSettings, difficulty: str) -> tuple[pa.Table, dict]:
     """Sample, judge and balance; returns the table and summary counts."""
     problems = generate_problems(settings.n_problems, settings.seed, settings.difficulty or difficulty,
                                  split="heldout")
-    samples = sample_and_judge(model, tok, problems, settings.samples_per_problem, settings.temperature,
-                               settings.max_new_tokens, settings.sample_batch_size, settings.seed)
+    samples = sample_and_judge(engine, problems, settings.samples_per_problem, settings.temperature,
+                               settings.max_new_tokens, settings.seed)
     chosen = select_balanced(samples, settings.size, settings.seed)
     table = to_table(chosen)
     kinds: dict[str, int] = {}

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prmforge.policy.sample import JudgedSample, load_policy, sample_and_judge
+from prmforge.policy.sample import JudgedSample, policy_engine, sample_and_judge
 from prmforge.policy.settings import PolicySettings
 from prmforge.world import generate_problems
 
@@ -96,16 +96,9 @@ def report_from_samples(samples: list[JudgedSample]) -> CalibrationReport:
 
 def calibrate(model_dir: str | Path, settings: PolicySettings) -> tuple[CalibrationReport, list[JudgedSample]]:
     """Sample the policy once per held-out problem at ``calib_temperature`` and report."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(settings.num_threads)
-    try:
-        model, tok = load_policy(model_dir)
-        problems = generate_problems(settings.calib_problems, settings.calib_seed, settings.difficulty,
-                                     split="heldout")
-        samples = sample_and_judge(model, tok, problems, 1, settings.calib_temperature,
-                                   settings.max_new_tokens, settings.sample_batch_size, settings.calib_seed)
-    finally:
-        torch.set_num_threads(prev)
+    problems = generate_problems(settings.calib_problems, settings.calib_seed, settings.difficulty,
+                                 split="heldout")
+    with policy_engine(model_dir, settings.sample_batch_size, settings.num_threads) as engine:
+        samples = sample_and_judge(engine, problems, 1, settings.calib_temperature, settings.max_new_tokens,
+                                   settings.calib_seed)
     return report_from_samples(samples), samples

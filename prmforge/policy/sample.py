@@ -1,9 +1,9 @@
 """Sample the policy and judge each sample with the oracle.
 
-Used by calibration and by the held-out world benchmark. Sampling is plain
-``model.generate`` (KV-cached, left-padded batches, EOS stops a row) with
-``top_k=0`` so temperature 1.0 means the model's own distribution, and
-seeded per batch so a rerun reproduces the same samples.
+Used by calibration and by the held-out world benchmark. Sampling goes
+through the rollouts stage's ``HFEngine`` (KV-cached batches, EOS stops a
+row, no top-k so temperature 1.0 is the model's own distribution), so the
+calibration describes the samples the pipeline will actually label.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prmforge.engines.base import Engine, SamplingParams
 from prmforge.world import (
     WorldProblem,
     extract_answer,
@@ -46,50 +46,33 @@ def load_policy(path: str | Path):
     return model, tok
 
 
-def sample_texts(model, tok, prompts: list[str], temperature: float, max_new_tokens: int,
-                 batch_size: int, seed: int) -> list[tuple[str, str]]:
-    """``(completion text, finish reason)`` per prompt, in order."""
-    out: list[tuple[str, str]] = []
-    tok.padding_side = "left"
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(seed * 1_000_003 + start)
-        with torch.no_grad():
-            gen = model.generate(
-                **enc,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = gen[:, enc["input_ids"].shape[1] :]
-        for row in new.tolist():
-            finish = "stop" if tok.eos_token_id in row else "length"
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
-            out.append((tok.decode(row, skip_special_tokens=True), finish))
-    return out
+def policy_engine(path: str | Path, batch_size: int = 64, num_threads: int | None = None) -> Engine:
+    """The rollouts stage's ``HFEngine`` on the CPU, so calibration sees what rollouts see."""
+    from prmforge.engines.hf import HFEngine
+
+    return HFEngine(str(path), device="cpu", dtype="float32", batch_size=batch_size,
+                    trust_remote_code=False, num_threads=num_threads)
 
 
-def sample_and_judge(model, tok, problems: list[WorldProblem], n_per_problem: int = 1,
-                     temperature: float = 1.0, max_new_tokens: int = 160, batch_size: int = 64,
-                     seed: int = 0) -> list[JudgedSample]:
-    """Sample ``n_per_problem`` solutions per problem and judge every one."""
-    expanded = [p for p in problems for _ in range(n_per_problem)]
-    texts = sample_texts(model, tok, [prompt_for(p.problem) for p in expanded], temperature,
-                         max_new_tokens, batch_size, seed)
+def sample_and_judge(engine: Engine, problems: list[WorldProblem], n_per_problem: int = 1,
+                     temperature: float = 1.0, max_new_tokens: int = 160, seed: int = 0) -> list[JudgedSample]:
+    """Sample ``n_per_problem`` solutions per problem and judge every one.
+
+    The engine's counter-based sampling makes each sample a function of
+    (seed, prompt, sample index) only, not of batch size or order.
+    """
+    params = SamplingParams(n=n_per_problem, temperature=temperature, top_p=1.0,
+                            max_tokens=max_new_tokens, seed=seed)
+    completions = engine.generate([prompt_for(p.problem) for p in problems], params)
     out = []
-    for p, (text, finish) in zip(expanded, texts, strict=True):
-        steps = split_steps(text)
-        verdict = oracle_first_error(p, steps)
-        predicted = extract_answer(text)
-        out.append(JudgedSample(
-            problem=p, text=text, steps=steps, first_error=verdict.first_error, kind=verdict.kind,
-            detail=verdict.detail, predicted=predicted, final_answer_correct=predicted == p.answer,
-            finish_reason=finish,
-        ))
+    for p, comps in zip(problems, completions, strict=True):
+        for c in comps:
+            steps = split_steps(c.text)
+            verdict = oracle_first_error(p, steps)
+            predicted = extract_answer(c.text)
+            out.append(JudgedSample(
+                problem=p, text=c.text, steps=steps, first_error=verdict.first_error, kind=verdict.kind,
+                detail=verdict.detail, predicted=predicted, final_answer_correct=predicted == p.answer,
+                finish_reason=c.finish_reason,
+            ))
     return out
