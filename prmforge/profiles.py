@@ -52,6 +52,9 @@ PROFILES["world"].update({
                "num_layers": 4, "num_heads": 6, "train_steps": 4000, "calib_problems": 1000},
     "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
 })
+# The demo policy learns the `easy` world (52% at T=1.0; 10% on `standard`), so the demo's world
+# seed problems, which it rolls out on, are `easy` too.
+PROFILES["demo"].setdefault("ingest", {})["world_difficulty"] = "easy"
 
 
 def active_profile() -> str:
