@@ -134,6 +134,19 @@ def _deps_have_new_data() -> AutomationCondition:
     ).with_label("any_deps_new_data")
 
 
+def missing_not_failed() -> AutomationCondition:
+    """Never materialised, and the last attempt (if any) did not fail.
+
+    ``on_missing()``/``newly_missing()`` only fire for partitions that become
+    missing *after* the condition is first evaluated, so a fresh deployment
+    would never build its unpartitioned roots. A failed attempt is not
+    retried forever every tick: it waits for new input data or a person.
+    """
+    return (AutomationCondition.missing() & ~AutomationCondition.execution_failed()).with_label(
+        "missing_not_failed"
+    )
+
+
 def on_new_data() -> AutomationCondition:
     """``eager()`` keyed on data versions instead of mere updates.
 
@@ -144,7 +157,7 @@ def on_new_data() -> AutomationCondition:
     """
     return (
         AutomationCondition.in_latest_time_window()
-        & (AutomationCondition.newly_missing() | _deps_have_new_data()).since_last_handled()
+        & (missing_not_failed() | _deps_have_new_data().since_last_handled())
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
@@ -166,8 +179,7 @@ def retrain_condition() -> AutomationCondition:
     """
     changed = AutomationCondition.any_deps_match(AutomationCondition.data_version_changed())
     return (
-        (AutomationCondition.newly_missing() | changed.with_label("any_deps_data_version_changed"))
-        .since_last_handled()
+        (missing_not_failed() | changed.with_label("any_deps_data_version_changed").since_last_handled())
         & AutomationCondition.all_deps_blocking_checks_passed()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
@@ -178,8 +190,8 @@ def conditions() -> dict[str, AutomationCondition]:
     """Asset name -> automation condition. ``seed_problems`` has none: the
     new-dataset sensor and the refresh schedule request it explicitly."""
     out: dict[str, AutomationCondition] = {
-        "policy_model": AutomationCondition.on_missing(),
-        "world_benchmark": AutomationCondition.on_missing(),
+        "policy_model": (missing_not_failed() & ~AutomationCondition.in_progress()).with_label("build_if_missing"),
+        "world_benchmark": (missing_not_failed() & ~AutomationCondition.in_progress()).with_label("build_if_missing"),
     }
     for name in ("policy_rollouts", "mc_step_labels", "judge_step_labels", "consensus_labels",
                  "prm_evaluation", "registered_prm"):

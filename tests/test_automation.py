@@ -130,7 +130,8 @@ def test_labelling_runs_when_new_rollouts_land(instance: dg.DagsterInstance) -> 
     ticker = Ticker(instance, _defs())
     rollouts, labels = dg.AssetKey("policy_rollouts"), dg.AssetKey("mc_step_labels")
 
-    assert ticker.tick().total_requested == 0  # nothing ingested: nothing to do
+    result = ticker.tick()  # nothing ingested: nothing to roll out or label
+    assert result.get_num_requested(rollouts) == 0 and result.get_num_requested(labels) == 0
 
     # Ingestion lands (the sensor's run): rollouts and labelling follow in one request.
     STATE.update(seed=["p1"], rollouts=["r1", "r2"])
@@ -139,7 +140,8 @@ def test_labelling_runs_when_new_rollouts_land(instance: dg.DagsterInstance) -> 
     assert result.get_requested_partitions(rollouts) == {"a"}
     assert result.get_requested_partitions(labels) == {"a"}
     dg.materialize([policy_rollouts, mc_step_labels], instance=instance, partition_key="a")
-    assert ticker.tick().total_requested == 0
+    result = ticker.tick()
+    assert result.get_num_requested(rollouts) == 0 and result.get_num_requested(labels) == 0
 
     # Identical rollouts re-materialised: nothing new to label.
     dg.materialize([policy_rollouts], instance=instance, partition_key="a")
