@@ -15,9 +15,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tok_and_sep(tmp_path_factory: pytest.TempPathFactory):
+    from transformers import AutoTokenizer
+
     from prmforge.prm.model import ensure_step_token
     from prmforge.prm.tiny import build_tiny_backbone
-    from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("bb")
     build_tiny_backbone(folder, CORPUS * 5)
@@ -114,8 +115,9 @@ def test_collate_pads_and_masks(tok_and_sep) -> None:
 
 
 def test_step_token_added_once(tmp_path: Path) -> None:
-    from prmforge.prm.model import STEP_TOKEN, build_prm
     from prm_helpers import tiny_backbone
+
+    from prmforge.prm.model import STEP_TOKEN, build_prm
 
     path = tiny_backbone(tmp_path / "bb")
     model, tok = build_prm(path)
