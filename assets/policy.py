@@ -8,6 +8,7 @@ world problems and stores the ProcessBench-format table; a blocking check
 requires enough rows of both classes.
 """
 
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,7 +114,8 @@ def policy_model(
 ) -> MaterializeResult:
     """Train (or reuse when unchanged) and calibrate the bootstrap policy."""
     ps = settings.stage(PolicySettings, "policy", **config.model_dump(exclude={"force_retrain"}))
-    build = ensure_policy(storage.get(), ps, force=config.force_retrain, log=context.log.info)
+    with tempfile.TemporaryDirectory(prefix="prmforge-policy-") as work:
+        build = ensure_policy(storage.get(), ps, work, force=config.force_retrain, log=context.log.info)
     cal = build.calibration
     run_id = _find_run(mlflow, build.config_hash) if build.reused else None
     if run_id is None:

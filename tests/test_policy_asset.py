@@ -71,6 +71,14 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     assert again["calib_accuracy"] == meta["calib_accuracy"]
     assert again["mlflow_run_id"] == meta["mlflow_run_id"]  # no duplicate MLflow run
 
+    # changed calibration settings recalibrate the stored model without retraining it
+    recal = materialize([policy_model], resources=resources, instance=instance,
+                        run_config={"ops": {"policy_model": {"config": {"calib_problems": 5}}}})
+    assert recal.success
+    recal_meta = _meta(instance, "policy_model")
+    assert recal_meta["reused"] is True and recal_meta["config_hash"] == meta["config_hash"]
+    assert recal_meta["calib_problems"] == 5
+
     # a changed config trains a new model under a new hash
     third = materialize([policy_model], resources=resources, instance=instance,
                         run_config={"ops": {"policy_model": {"config": {"seed": 1}}}})

@@ -58,11 +58,11 @@ def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Pa
     local = work / h
     if storage.dir_complete(*key) and not force:
         log(f"reusing complete policy {storage.url(*key)}")
-        storage.get_dir(local, *key)
-        info = json.loads((local / INFO_FILE).read_text())
+        info = json.loads(storage.read_bytes(storage.path(*key, INFO_FILE)))
         if info.get("calibration_key") == _calib_key(settings):
             return PolicyBuild(storage.url(*key), h, True, local, _report(info["calibration"]), info)
         log("calibration settings changed: recalibrating the stored policy")
+        storage.get_dir(local, *key)
         report, _ = calibrate(local, settings)
         info.update(calibration=report.as_dict(), calibration_key=_calib_key(settings))
         (local / INFO_FILE).write_text(json.dumps(info, indent=1))
