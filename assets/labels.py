@@ -210,7 +210,7 @@ def mc_step_labels(
     rows = policy_rollouts.to_pylist()
     run_key = fingerprint({
         "settings": s.model_dump(), "engine": cfg.identity(), "separator": separator,
-        "rollouts": fingerprint([(r["rollout_id"], r["prompt"], r["steps"], r.get("gold_answer"),
+        "rollouts": fingerprint([(r["rollout_id"], r["prompt"], r["steps"], r.get("text"), r.get("gold_answer"),
                                   bool(r.get("correct")), bool(r.get("truncated", False))) for r in rows]),
     })
     grade = default_grader()
@@ -224,7 +224,8 @@ def mc_step_labels(
         value = EngineValue(holder["engine"], grade, k=s.k, max_tokens=s.max_tokens, temperature=s.temperature,
                             top_p=s.top_p, seed=s.seed, separator=separator, batch_prefixes=s.batch_prefixes)
         items = [MCItem(r["rollout_id"], r["prompt"], list(r["steps"] or []), str(r.get("gold_answer") or ""),
-                        bool(r.get("correct")), final_known=not r.get("truncated", False)) for r in chunk]
+                        bool(r.get("correct")), final_known=not r.get("truncated", False),
+                        text=r.get("text")) for r in chunk]
         return _mc_rows(chunk, run_search(items, s.mode, value), s)
 
     def progress(p: Progress) -> None:

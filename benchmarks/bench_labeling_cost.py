@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             rid = f"{p.problem_id}-{j}"
             items.append(MCItem(rid, prompt, steps, p.answer, grade(c.text, p.answer)[1],
-                                final_known=c.finish_reason != "length"))
+                                final_known=c.finish_reason != "length", text=c.text))
             truth[rid] = oracle_first_error(p.meta, steps).first_error
     rollout_s = time.perf_counter() - t0
     accuracy = sum(i.final_correct for i in items) / max(len(items), 1)

@@ -128,6 +128,12 @@ def test_prefix_prompt_rebuilds_policy_text() -> None:
     item = MCItem("r", "Problem: p\nSolution:\n", ["a = 1.", "b = 2.", "The answer is 2."], "2", True)
     assert prefix_prompt(item, 0, "\n") == "Problem: p\nSolution:\na = 1.\n"
     assert prefix_prompt(item, 1, "\n") == "Problem: p\nSolution:\na = 1.\nb = 2.\n"
+    # with the raw text the prefix is cut from it: the policy's own whitespace, whatever the separator
+    raw = " a = 1.\n\n  b = 2.\n\nThe answer is 2.\n"
+    item = MCItem("r", "Q\n", ["a = 1.", "b = 2.", "The answer is 2."], "2", False, final_known=False, text=raw)
+    assert prefix_prompt(item, 0, "\n") == "Q\n a = 1.\n\n  "
+    assert prefix_prompt(item, 1, "\n") == "Q\n a = 1.\n\n  b = 2.\n\n"
+    assert prefix_prompt(item, 2, "\n") == "Q\n" + raw
 
 
 def test_engine_value_with_real_tiny_model(tmp_path) -> None:

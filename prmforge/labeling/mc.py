@@ -67,6 +67,7 @@ class MCItem:
     gold: str
     final_correct: bool
     final_known: bool = True  # False for a rollout cut off by max_tokens: its last prefix is not free
+    text: str | None = None  # the raw completion the steps were split from (exact prefixes)
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,31 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
 # ---------------------------------------------------------------------------
 # the engine-backed value function
 # ---------------------------------------------------------------------------
+def step_offsets(text: str, steps: Sequence[str]) -> list[int] | None:
+    """Start offset of every step in ``text`` (steps are stripped substrings, in order), else None."""
+    out, cursor = [], 0
+    for step in steps:
+        pos = text.find(step, cursor)
+        if pos < 0:
+            return None
+        out.append(pos)
+        cursor = pos + len(step)
+    return out
+
+
 def prefix_prompt(item: MCItem, step: int, separator: str) -> str:
-    """Prompt + steps ``0..step`` + separator: the policy continues with step ``step+1``."""
+    """The policy's own text up to the start of step ``step+1``: it continues from there.
+
+    With the raw completion (``item.text``) the prefix is cut from it, so the
+    whitespace between steps is exactly what the policy wrote and no
+    separator setting can drift from the rollouts stage's; otherwise the
+    steps are joined with ``separator`` and one is appended.
+    """
+    if item.text is not None:
+        offsets = step_offsets(item.text, item.steps)
+        if offsets is not None:
+            end = offsets[step + 1] if step + 1 < len(item.steps) else len(item.text)
+            return item.prompt + item.text[:end]
     return item.prompt + separator.join(item.steps[: step + 1]) + separator
 
 
