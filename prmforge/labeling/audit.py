@@ -170,10 +170,12 @@ def _verdict(mc: MethodScore, judge: MethodScore, cons: MethodScore, kept: float
     if cons.n < 30:
         hints.append(f"only {cons.n} kept rollouts: the estimate is noisy")
     if cons.precision is not None and cons.precision < 1.0:
-        hints.append("kept rows flag a step that is not the first error: MC and the judge agree on a later "
-                     "slip after a logic error that MC estimated > 0 (a lucky completion) and the judge cannot see")
+        hints.append("kept rows flag an error in a correct solution: MC estimated 0 for a correct prefix "
+                     "(small K, weak policy) where the judge also flagged that step")
     if cons.recall is not None and cons.recall < 1.0:
         hints.append("kept rollouts with a real error that both called clean: a correct final answer reached "
                      "through a wrong step has MC value > 0 everywhere, and the calculator cannot see logic "
                      "errors")
+    hints.append("kept rows with an error at the wrong position arise when MC and the judge agree on a later "
+                 "slip after a logic error that MC estimated > 0 (a lucky completion) and the judge cannot see")
     return False, "; ".join(reasons + hints)
