@@ -97,3 +97,31 @@ def test_trl_export_loads_with_datasets(tmp_path) -> None:
     assert rows["Problem a\n"]["labels"] == [True, False]
     assert rows["Problem b\n"]["labels"] == [True, True]
     assert ds.features["labels"].feature.dtype == "bool"
+
+
+def test_audit_scores_methods_against_the_oracle_and_explains_a_miss() -> None:
+    from prmforge.labeling.audit import audit, score
+    from prmforge.world import generate_problems, meta_json
+
+    s = score([(-1, -1), (1, 1), (0, 2), (-1, 1), (2, -1)])
+    assert (s.n, s.exact) == (5, 0.4)
+    assert s.precision == pytest.approx(2 / 3) and s.recall == pytest.approx(2 / 3)
+
+    p = generate_problems(1, seed=5)[0]
+    seed = pa.Table.from_pylist([{"problem_id": p.problem_id, "meta": meta_json(p)}])
+    bad = list(p.steps)
+    bad[0] = bad[0].replace("=", "= 1 +")  # "a op b = 1 + c": an arithmetic error at step 0
+    mc = pa.Table.from_pylist([
+        {"rollout_id": "good", "problem_id": p.problem_id, "steps": p.steps, "status": "ok", "first_error": -1},
+        {"rollout_id": "bad", "problem_id": p.problem_id, "steps": bad, "status": "ok", "first_error": -1},
+    ])
+    judge = _judge([("good", "ok", -1), ("bad", "ok", -1)])
+    cons = pa.Table.from_pylist([{"rollout_id": "good", "first_error": -1}, {"rollout_id": "bad", "first_error": -1}])
+    rep = audit(seed, mc, judge, cons)
+    assert rep.applicable and rep.audited == 2 and rep.oracle_error_kinds["correct"] == 1
+    assert rep.consensus.exact == 0.5 and rep.kept_share == 1.0
+    assert rep.target_met is False and "< target" in rep.why_missed and "only 2 kept" in rep.why_missed
+    assert rep.flat_metrics()["audit_consensus_exact"] == 0.5
+
+    other = audit(pa.Table.from_pylist([{"problem_id": "x", "meta": "{}"}]), mc, judge, cons)
+    assert not other.applicable and "not a world dataset" in other.reason
