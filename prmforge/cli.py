@@ -241,6 +241,15 @@ def plan(defs, partitions: Sequence[str], select: str | None = None) -> list[Pha
     return phases
 
 
+def _plan_with(instance, defs, partitions: Sequence[str], select: str | None) -> list[Phase]:
+    """:func:`plan`, resolving partitions against ``instance`` (not whatever
+    partition-loading context a caller left behind)."""
+    from dagster import partition_loading_context
+
+    with partition_loading_context(dynamic_partitions_store=instance):
+        return plan(defs, partitions, select)
+
+
 def _names(keys: Sequence) -> str:
     return ", ".join(k.to_user_string() for k in keys)
 
@@ -293,7 +302,13 @@ def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str]
 
 def cmd_run(args: argparse.Namespace) -> int:
     _apply_profile(args.profile)
-    instance = get_instance()
+    # Entering the instance makes it the current one for everything Dagster
+    # resolves during the command (definitions state, partitions).
+    with get_instance() as instance:
+        return _run(args, instance)
+
+
+def _run(args: argparse.Namespace, instance) -> int:
     defs = _load_defs()
     added = register_partitions(instance)
     from assets.partitions import DATASETS_PARTITIONS_NAME
@@ -312,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"registered dataset partitions: {', '.join(added)}")
     _say(f"datasets: {', '.join(partitions) or '(none)'}"
          f" (all known: {', '.join(instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME))})")
-    phases = plan(defs, partitions, args.select)
+    phases = _plan_with(instance, defs, partitions, args.select)
     if not phases:
         _say("nothing selected")
         return 2
@@ -353,8 +368,9 @@ def cmd_add_dataset(args: argparse.Namespace) -> int:
     _say(f"added {spec.key!r} to {default_registry_path()}: source {spec.source!r}, format {spec.format}, "
          f"adapter {spec.adapter}, split {spec.split}, columns {spec.columns or '{}'}")
     if not args.no_partition:
-        instance = get_instance()
-        if register_partitions(instance, [spec.key]):
+        with get_instance() as instance:
+            added = register_partitions(instance, [spec.key])
+        if added:
             _say(f"added partition {spec.key!r}; ingest it with `prmforge run --partitions {spec.key}`, "
                  "from the UI, or let the new-dataset sensor do it")
     return 0
@@ -397,13 +413,14 @@ def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: st
     the UI's Backfills tab; ``dagster dev`` / ``prmforge ui`` or the deployed
     daemon runs it (per-dataset runs, within the gpu pool).
     """
-    from dagster import AssetSelection
+    from dagster import AssetSelection, partition_loading_context
     from dagster._core.execution.backfill import PartitionBackfill
 
     graph = defs.resolve_asset_graph()
     executable = {k for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
-    keys = (AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph) & executable
-            if select else executable)
+    with partition_loading_context(dynamic_partitions_store=instance):
+        keys = (AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph) & executable
+                if select else executable)
     backfill_id = uuid.uuid4().hex[:8]
     backfill = PartitionBackfill.from_asset_partitions(
         backfill_id=backfill_id,
@@ -424,7 +441,11 @@ def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: st
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     _apply_profile(args.profile)
-    instance = get_instance()
+    with get_instance() as instance:
+        return _backfill(args, instance)
+
+
+def _backfill(args: argparse.Namespace, instance) -> int:
     defs = _load_defs()
     register_partitions(instance)
     if args.all:
@@ -445,7 +466,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
              "Backfills tab")
         return 0
     _say(f"backfill in this process over {len(partitions)} dataset(s): {', '.join(partitions)}")
-    failed = execute_phases(defs, instance, plan(defs, partitions, args.select),
+    failed = execute_phases(defs, instance, _plan_with(instance, defs, partitions, args.select),
                             tags={"prmforge/backfill": uuid.uuid4().hex[:8]})
     _say("done: all runs succeeded" if not failed else f"done: {failed} run(s) failed")
     return 0 if not failed else 1
