@@ -252,7 +252,7 @@ def _mc(rollouts, base_url: str):
     from prmforge.engines.openai import OpenAIEngine
     from prmforge.labeling.mc import EngineValue, MCItem, default_grader, run_search
 
-    value = EngineValue(OpenAIEngine("policy", base_url=base_url, max_retries=0), default_grader(), k=2,
+    value = EngineValue(OpenAIEngine("policy", base_url=base_url, max_retries=2), default_grader(), k=2,
                         max_tokens=16, seed=0, separator="\n", batch_prefixes=64)
     return run_search([MCItem(r.rollout_id, r.prompt, r.steps, r.gold, r.final_correct) for r in rollouts],
                       "per_step", value)
@@ -282,7 +282,7 @@ def test_prompt_injection_cannot_set_a_label(fault) -> None:
     for policy_obeys in (False, True):
         with LoopbackLLM(brain(golds, obey=True)) as obeying, LoopbackLLM(brain(golds)) as honest_policy:
             judge = JudgeResource(kind="llm", backend="openai", model="judge", base_url=obeying.base_url,
-                                  max_retries=0)
+                                  max_retries=2)
             verdicts = judge.judge([r.problem for r in injected], [r.steps for r in injected], max_tokens=64)
             assert all(v.status == "ok" and v.first_error == -1 for v in verdicts)  # the judge was fooled
             mc = _mc(injected, (obeying if policy_obeys else honest_policy).base_url)
