@@ -33,6 +33,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("PRMFORGE_PROFILE", "tiny")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    # Steps keep their RetryPolicy (pipelines/automation.py) but retry without waiting.
+    monkeypatch.setenv("PRMFORGE_RETRY_DELAY_S", "0")
     return home
 
 
