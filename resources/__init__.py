@@ -23,7 +23,8 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
         "settings": SettingsResource(),
-        "mlflow": MLflowResource(),
+        # MLflow artifacts live under the same storage root as the datasets.
+        "mlflow": MLflowResource(artifact_root=storage.root.rstrip("/") + "/mlflow"),
         "quality": QualityResource(),
         "policy_engine": EngineResource(),
         "judge": JudgeResource(),
