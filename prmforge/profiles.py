@@ -36,7 +36,7 @@ PROFILES["tiny"].update({
     "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 32, "max_samples_per_subset": 40},
 })
 PROFILES["world"].update({
-    "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 1.5e-3, "checkpoint_every": 100},
+    "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 5e-4, "checkpoint_every": 100},
     "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
 })
 

@@ -147,3 +147,19 @@ def test_torchrun_ddp_two_ranks(tmp_path: Path) -> None:
     b, _ = ProcessRewardModel.load(tmp_path / "one")
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(va, vb, atol=1e-5), k
+
+
+def test_class_weights_balance_skewed_labels() -> None:
+    from prmforge.prm.data import EncodedExample
+    from prmforge.prm.train import class_weights, prm_loss
+
+    exs = [EncodedExample([1, 2], [-100.0, 0.0], [1], 1, 0), EncodedExample([1, 2, 3], [-100.0, 0.0, 0.0], [1, 2], 2, 0),
+           EncodedExample([1, 2], [-100.0, 1.0], [1], 1, 0)]
+    w_wrong, w_right = class_weights(exs)
+    assert (w_wrong, w_right) == pytest.approx((4 / 6, 4 / 2))
+    assert w_wrong * 3 == pytest.approx(w_right * 1)  # each class carries the same total weight
+    logits = torch.zeros(1, 2, 2)
+    labels = torch.tensor([[0, 1]])
+    plain, n = prm_loss(logits, labels, "ce")
+    weighted, _ = prm_loss(logits, labels, "ce", (w_wrong, w_right))
+    assert n == 2 and weighted.item() == pytest.approx(plain.item() / 2 * (w_wrong + w_right))

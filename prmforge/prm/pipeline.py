@@ -52,7 +52,8 @@ def train_config(s: PRMTrainSettings) -> TrainConfig:
     return TrainConfig(loss=s.loss, lr=s.lr, weight_decay=s.weight_decay, warmup_ratio=s.warmup_ratio,
                        epochs=s.epochs, max_steps=s.max_steps, micro_batch_size=s.micro_batch_size,
                        grad_accum=s.grad_accum, group_by_length=s.group_by_length,
-                       backbone_lr_ratio=s.backbone_lr_ratio, max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16,
+                       backbone_lr_ratio=s.backbone_lr_ratio, class_balance=s.class_balance,
+                       max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16,
                        checkpoint_every=s.checkpoint_every)
 
 

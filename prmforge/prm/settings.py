@@ -15,7 +15,7 @@ class PRMTrainSettings(BaseModel):
     head: Literal["two_class", "scalar"] = "two_class"
     loss: Literal["ce", "bce", "mse"] = "ce"
     max_length: int = 256
-    lr: float = 2e-3
+    lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     epochs: float = 3.0
@@ -23,6 +23,7 @@ class PRMTrainSettings(BaseModel):
     micro_batch_size: int = 32
     grad_accum: int = 1
     group_by_length: int = 8
+    class_balance: bool = Field(True, description="weigh right and wrong steps equally in the loss")
     backbone_lr_ratio: float = Field(1.0, description="backbone lr = lr x this (head uses lr)")
     max_grad_norm: float = 1.0
     seed: int = 0

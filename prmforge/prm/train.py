@@ -58,6 +58,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     backbone_lr_ratio: float = 1.0
+    class_balance: bool = True
     group_by_length: int = 8  # windows of N global batches sorted by length (1 = off)
 
 
@@ -155,7 +156,23 @@ def batch_indices(n: int, step: int, cfg: TrainConfig, world: int, rank: int,
 
 
 # ---- loss -------------------------------------------------------------------------
-def prm_loss(logits: torch.Tensor, labels: torch.Tensor, kind: LossKind) -> tuple[torch.Tensor, int]:
+def class_weights(examples: Sequence[EncodedExample]) -> tuple[float, float]:
+    """(weight of wrong steps, weight of right steps) so both classes weigh the same in total.
+
+    Labelled data is often very skewed (consensus keeps steps only up to the first
+    error, so wrong first steps dominate); balancing stops the head from learning the
+    base rate instead of the step's content.
+    """
+    pos = sum(1 for ex in examples for v in ex.labels if v != IGNORE_INDEX and v >= 0.5)
+    neg = sum(1 for ex in examples for v in ex.labels if v != IGNORE_INDEX and v < 0.5)
+    total = pos + neg
+    if not pos or not neg:
+        return 1.0, 1.0
+    return total / (2 * neg), total / (2 * pos)
+
+
+def prm_loss(logits: torch.Tensor, labels: torch.Tensor, kind: LossKind,
+             weights: tuple[float, float] | None = None) -> tuple[torch.Tensor, int]:
     """Loss over separator positions only (labels != IGNORE_INDEX); returns (sum, count)."""
     mask = labels != IGNORE_INDEX
     count = int(mask.sum())
@@ -166,15 +183,18 @@ def prm_loss(logits: torch.Tensor, labels: torch.Tensor, kind: LossKind) -> tupl
     if kind == "ce":
         if picked.shape[-1] != 2:
             raise ValueError("loss 'ce' needs the two_class head")
-        return F.cross_entropy(picked, target.long(), reduction="sum"), count
+        w = torch.tensor(weights, dtype=picked.dtype, device=picked.device) if weights else None
+        return F.cross_entropy(picked, target.long(), weight=w, reduction="sum"), count
     target = target.float()
     if picked.shape[-1] == 2:  # two-class head used with a soft loss: logit difference as score
         score_logit = picked[:, 1] - picked[:, 0]
     else:
         score_logit = picked[:, 0]
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(score_logit, target, reduction="sum"), count
-    return F.mse_loss(torch.sigmoid(score_logit), target, reduction="sum"), count
+    per = (F.binary_cross_entropy_with_logits(score_logit, target, reduction="none") if kind == "bce"
+           else (torch.sigmoid(score_logit) - target) ** 2)
+    if weights:
+        per = per * (weights[0] * (1 - target) + weights[1] * target)
+    return per.sum(), count
 
 
 # ---- checkpoints ------------------------------------------------------------------
@@ -337,6 +357,7 @@ def train_prm(
     autocast = device.type == "cuda" and cfg.bf16
     hard = cfg.loss == "ce"
     lengths = [len(ex.input_ids) for ex in examples]
+    weights = class_weights(examples) if cfg.class_balance else None
     history: list[dict[str, float]] = []
     tokens_total, t_total, loss_value = 0, 0.0, float("nan")
     for step in range(start, total):
@@ -361,7 +382,7 @@ def train_prm(
             ctx = wrapped.no_sync() if (world > 1 and not sync) else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = wrapped(batch["input_ids"], batch["attention_mask"])
-                loss_sum, _ = prm_loss(logits, batch["labels"], cfg.loss)
+                loss_sum, _ = prm_loss(logits, batch["labels"], cfg.loss, weights)
                 (loss_sum / norm).backward()
             step_loss += float(loss_sum.detach())
             step_tokens += int(batch["attention_mask"].sum())
