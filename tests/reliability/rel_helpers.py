@@ -62,30 +62,43 @@ def run_to_end(cmd: list[str], env: dict, timeout: float = 300) -> dict:
 
 
 def kill_at_random_points(cmd: list[str], env: dict, progress: Callable[[], int], total: int, kills: int,
-                          gen: random.Random, max_delay_s: float, timeout: float = 240) -> CrashLog:
+                          gen: random.Random, first_delay_s: float = 0.02, timeout: float = 240) -> CrashLog:
     """Start ``cmd`` again and again, SIGKILL it at ``kills`` seeded random points.
 
-    A point is "progress reached a random target, then a random extra delay
-    (so the kill also lands mid-unit)". Targets are distinct and increasing,
-    drawn from ``1..total-2`` so the process is always still running.
+    A point is "progress reached a random target, then a random share of one
+    unit of work more" (so kills land between and inside units). Targets are
+    odd numbers drawn from ``1..total-2``, two apart, so a kill that lands one
+    unit late never runs into the next target or the end. The length of a
+    unit is measured from the progress seen (the fastest one observed), so
+    the extra delay stays inside the next unit on a fast or a loaded machine.
     """
-    assert total - 2 >= kills, f"need at least {kills + 2} progress units, have {total}"
-    targets = sorted(gen.sample(range(1, total - 1), kills))
+    choices = list(range(1, total - 1, 2))
+    assert len(choices) >= kills, f"need {kills} odd targets below {total - 1}, have {len(choices)}"
+    targets = sorted(gen.sample(choices, kills))
     log = CrashLog()
+    unit_s: float | None = None
     deadline = time.monotonic() + timeout
     for target in targets:
         target = max(target, progress() + 1)
         assert target < total, f"progress already at {progress()} of {total}"
-        delay = gen.uniform(0, max_delay_s)
+        share = gen.uniform(0.0, 0.8)
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            while progress() < target:
+            last_p, last_t = progress(), None
+            while (p := progress()) < target:
+                if p != last_p:
+                    now = time.monotonic()
+                    if last_t is not None:
+                        step = (now - last_t) / (p - last_p)
+                        unit_s = step if unit_s is None else min(unit_s, step)
+                    last_p, last_t = p, now
                 if proc.poll() is not None:
                     raise AssertionError(f"process ended rc={proc.returncode} before progress {target}: "
                                          f"{proc.stderr.read().decode()[-3000:]}")
                 if time.monotonic() > deadline:
                     raise AssertionError("timed out waiting for progress")
-                time.sleep(0.005)
+                time.sleep(0.002)
+            delay = share * (unit_s if unit_s is not None else first_delay_s)
             time.sleep(delay)
             assert proc.poll() is None, f"process finished before the kill at {target}+{delay:.3f}s"
             proc.send_signal(signal.SIGKILL)
@@ -141,6 +154,109 @@ class OwnS3Server:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+
+class CutRelay:
+    """A TCP relay on 127.0.0.1 in front of a server; it can cut the line in the middle of a request.
+
+    ``arm(after_bytes, on_cut)``: once that many more client->server bytes
+    have been forwarded, the relay stops forwarding (the request is now
+    provably half sent) and calls ``on_cut`` (which stops the server); then
+    every connection is closed. Clients point at ``endpoint``.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.forwarded = 0
+        self.cut_at: int | None = None
+        self._limit: int | None = None
+        self._on_cut: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.cut = threading.Event()
+
+    def start(self) -> None:
+        self.cut.clear()
+        self._limit = None
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        self._listener = lst
+        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
+
+    def arm(self, after_bytes: int, on_cut: Callable[[], None]) -> None:
+        with self._lock:
+            self._limit = self.forwarded + after_bytes
+            self._on_cut = on_cut
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, up]
+            threading.Thread(target=self._pump, args=(client, up, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while not self.cut.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream:
+                    with self._lock:
+                        if self._limit is not None and self.forwarded + len(data) >= self._limit:
+                            keep = max(0, self._limit - self.forwarded)
+                            dst.sendall(data[:keep])
+                            self.forwarded += keep
+                            self.cut_at = self.forwarded
+                            self._limit = None
+                            fire = self._on_cut
+                        else:
+                            fire = None
+                            dst.sendall(data)
+                            self.forwarded += len(data)
+                    if fire is not None:
+                        self.cut.set()
+                        fire()
+                        self.close()
+                        return
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.cut.set()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 # ---------------------------------------------------------------------------

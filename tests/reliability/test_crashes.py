@@ -49,7 +49,7 @@ def _rollout_cmd(root: str, model: Path, settings: dict) -> list[str]:
             "--engine", json.dumps({"device": "cpu", "batch_size": 16}), "--settings", json.dumps(settings)]
 
 
-ROLLOUT_SETTINGS = {"n": 2, "max_tokens": 40, "shard_size": 3, "max_problems": 1000, "seed": 7}
+ROLLOUT_SETTINGS = {"n": 2, "max_tokens": 40, "shard_size": 2, "max_problems": 1000, "seed": 7}
 
 
 def _rollouts_in_process(root: str, model: Path, capsys: pytest.CaptureFixture) -> dict:
@@ -61,18 +61,18 @@ def _rollouts_in_process(root: str, model: Path, capsys: pytest.CaptureFixture) 
 
 
 def test_kill9_rollouts_resume_identical(tmp_path: Path, policy_dir: Path, fault, capsys) -> None:
-    seed = world_seed_table(30, dataset=PART)  # 10 shards of 3 problems
+    seed = world_seed_table(30, dataset=PART)  # 15 shards of 2 problems
     roots = _roots(tmp_path)
     for root in roots.values():
         Storage(root).write_dataset("seed_problems", seed, PART)
     env = child_env()
     clean = _rollouts_in_process(roots["clean"], policy_dir, capsys)
     total = clean["shards_total"]
-    assert total == 10 and clean["shards_computed"] == 10
+    assert total == 15 and clean["shards_computed"] == 15
 
     shard_root = Path(Storage(roots["killed"]).path("shards", "policy_rollouts", PART))
     cmd = _rollout_cmd(roots["killed"], policy_dir, ROLLOUT_SETTINGS)
-    log = kill_at_random_points(cmd, env, lambda: count_files(shard_root), total, KILLS, rng("rollouts"), 0.15)
+    log = kill_at_random_points(cmd, env, lambda: count_files(shard_root), total, KILLS, rng("rollouts"))
     before = count_files(shard_root)
     resumed = run_to_end(cmd, env)
     assert resumed["shards_reused"] == before > 0  # resumed, not restarted
@@ -84,7 +84,7 @@ def test_kill9_rollouts_resume_identical(tmp_path: Path, policy_dir: Path, fault
     fault("kill -9 of rollout generation (`python -m prmforge.rollouts_cli`)", len(log.kill_points),
           "rerun resumes from stored shards and finishes; final policy_rollouts equal an uninterrupted run row "
           "for row", shards_total=total, shards_done_at_each_kill=log.kill_points,
-          extra_delay_ms=log.delays_ms, shards_reused_by_final_run=resumed["shards_reused"],
+          extra_delay_ms_after_target=log.delays_ms, shards_reused_by_final_run=resumed["shards_reused"],
           rows=b.num_rows, rows_equal=a.equals(b))
 
 
@@ -102,7 +102,7 @@ def test_kill9_mc_labelling_resume_identical(tmp_path: Path, policy_dir: Path, f
                             cfg.identity(), lambda: make_engine(cfg), True)
     for root in roots.values():
         Storage(root).write_dataset(DATASET, run.table, PART)
-    settings = {"mode": "per_step", "k": 2, "max_tokens": 12, "shard_size": 4, "batch_prefixes": 16, "seed": 3}
+    settings = {"mode": "per_step", "k": 2, "max_tokens": 12, "shard_size": 3, "batch_prefixes": 16, "seed": 3}
 
     def cmd(root: str) -> list[str]:
         return [sys.executable, RUNNER, "mc", "--root", root, "--partition", PART, "--model", str(policy_dir),
@@ -112,11 +112,11 @@ def test_kill9_mc_labelling_resume_identical(tmp_path: Path, policy_dir: Path, f
     clean = run_mc(argparse.Namespace(root=roots["clean"], partition=PART, model=str(policy_dir),
                                       settings=json.dumps(settings)))
     total = clean["shards_total"]
-    assert total == 12 and clean["shards_computed"] == total  # 48 rollouts / 4
+    assert total == 16 and clean["shards_computed"] == total  # 48 rollouts / 3
 
     shard_root = Path(Storage(roots["killed"]).path("shards", "mc_step_labels", PART))
     log = kill_at_random_points(cmd(roots["killed"]), env, lambda: count_files(shard_root), total, KILLS,
-                                rng("mc"), 0.15)
+                                rng("mc"))
     before = count_files(shard_root)
     resumed = run_to_end(cmd(roots["killed"]), env)
     assert resumed["run_key"] == clean["run_key"]
@@ -129,7 +129,7 @@ def test_kill9_mc_labelling_resume_identical(tmp_path: Path, policy_dir: Path, f
     fault("kill -9 of MC labelling (Dagster materialisation of `mc_step_labels` in a subprocess)",
           len(log.kill_points), "rerun resumes from stored shards; final mc_step_labels equal an uninterrupted "
           "run row for row", shards_total=total, shards_done_at_each_kill=log.kill_points,
-          extra_delay_ms=log.delays_ms, shards_reused_by_final_run=resumed["shards_reused"], rows=b.num_rows,
+          extra_delay_ms_after_target=log.delays_ms, shards_reused_by_final_run=resumed["shards_reused"], rows=b.num_rows,
           statuses=statuses, rows_equal=a.equals(b))
 
 
@@ -166,7 +166,7 @@ def test_kill9_training_resumes_from_checkpoint(tmp_path: Path, fault) -> None:
     assert clean["resumed_from"] == 0 and total == 16
 
     log = kill_at_random_points(cmd(roots["killed"]), env, lambda: _latest_checkpoint(roots["killed"], {}),
-                                total, KILLS, rng("train"), 0.05)
+                                total, KILLS, rng("train"))
     last = _latest_checkpoint(roots["killed"], {})
     resumed = run_to_end(cmd(roots["killed"]), env)
     assert resumed["resumed_from"] == last > 0  # from its last checkpoint, not from scratch
@@ -186,5 +186,5 @@ def test_kill9_training_resumes_from_checkpoint(tmp_path: Path, fault) -> None:
     fault("kill -9 of PRM training (`prmforge.prm.pipeline.fit` in a subprocess, checkpoint every step)",
           len(log.kill_points), "rerun starts from the last complete checkpoint (step > 0); final weights equal "
           "an uninterrupted run tensor for tensor", optimizer_steps=total,
-          checkpoint_step_at_each_kill=log.kill_points, extra_delay_ms=log.delays_ms,
+          checkpoint_step_at_each_kill=log.kill_points, extra_delay_ms_after_target=log.delays_ms,
           final_run_resumed_from_step=resumed["resumed_from"], tensors_compared=len(wa), weights_equal=equal)
