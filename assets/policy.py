@@ -125,6 +125,7 @@ def policy_model(
         "uri": build.uri,
         "config_hash": build.config_hash,
         "reused": build.reused,
+        "from_policy_cache": build.from_cache,
         "profile": settings.profile,
         "difficulty": ps.difficulty,
         "num_parameters": int(build.info["num_parameters"]),

@@ -38,6 +38,19 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _policy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One policy cache per session (``prmforge.policy.cache``): each policy config trains once.
+
+    Training is deterministic, so a test that finds the tiny policy in the
+    cache gets the very weights it would have trained. Subprocesses inherit it.
+    """
+    cache = tmp_path_factory.mktemp("policy-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRMFORGE_POLICY_CACHE", str(cache))
+        yield cache
+
+
 class S3Server:
     """A moto S3 server on 127.0.0.1 that a test can stop and restart."""
 

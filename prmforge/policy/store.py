@@ -7,6 +7,10 @@ ignored and retrained. ``policy_info.json`` in the folder carries the
 training curve and the calibration, so a reuse reports the same numbers
 without retraining; calibration is recomputed only when its own settings
 changed.
+
+With ``PRMFORGE_POLICY_CACHE`` set (see :mod:`prmforge.policy.cache`), a
+policy missing from the root is copied from that local cache instead of being
+trained (``PolicyBuild.from_cache``), and every trained policy is put there.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prmforge.policy.cache import fetch_cached, store_cached
 from prmforge.policy.calibration import CalibrationReport, calibrate
 from prmforge.policy.settings import POLICY_CODE_VERSION, PolicySettings
 from prmforge.policy.train import train_policy
@@ -36,6 +41,7 @@ class PolicyBuild:
     local_path: Path
     calibration: CalibrationReport
     info: dict = field(default_factory=dict)
+    from_cache: bool = False  # copied from PRMFORGE_POLICY_CACHE into the root, not trained by this call
 
 
 def _calib_key(s: PolicySettings) -> dict:
@@ -68,6 +74,16 @@ def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Pa
         (local / INFO_FILE).write_text(json.dumps(info, indent=1))
         storage.put_dir(local, *key)
         return PolicyBuild(storage.url(*key), h, True, local, report, info)
+    if not force and fetch_cached(h, local):
+        log(f"policy {h} found in the policy cache: copying it into the storage root instead of training")
+        info = json.loads((local / INFO_FILE).read_text())
+        if info.get("calibration_key") != _calib_key(settings):
+            report, _ = calibrate(local, settings)
+            info.update(calibration=report.as_dict(), calibration_key=_calib_key(settings))
+            (local / INFO_FILE).write_text(json.dumps(info, indent=1))
+        uri = storage.put_dir(local, *key)
+        log(f"stored policy at {uri}")
+        return PolicyBuild(storage.url(*key), h, False, local, _report(info["calibration"]), info, from_cache=True)
     result = train_policy(settings, local, log=log)
     report, _ = calibrate(local, settings)
     log(f"calibration: {report.summary()}")
@@ -85,4 +101,5 @@ def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Pa
     (local / INFO_FILE).write_text(json.dumps(info, indent=1))
     uri = storage.put_dir(local, *key)
     log(f"stored policy at {uri}")
+    store_cached(local, h)
     return PolicyBuild(storage.url(*key), h, False, local, report, info)

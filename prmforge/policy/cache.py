@@ -1,0 +1,73 @@
+"""Optional local cache of trained policies, shared across storage roots.
+
+``policy_model`` keys a trained policy by its config hash and reuses it
+within one storage root. A fresh root (each test, a new S3 bucket, a second
+checkout) would train the identical model again: training is deterministic,
+so the weights would be bit-for-bit the same. When ``PRMFORGE_POLICY_CACHE``
+names a local directory, :func:`prmforge.policy.store.ensure_policy` copies a
+cached ``<dir>/<config hash>/`` into the root instead of training, and puts
+every policy it trains there. The test suite points it at a session temp dir
+so the tiny policy is trained once per pytest session.
+
+A cache entry appears by one atomic rename of a fully written folder, so a
+folder named after a hash is always complete; concurrent writers of the same
+hash keep the first and discard their own copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from prmforge.storage import COMPLETE_MARKER
+
+CACHE_ENV = "PRMFORGE_POLICY_CACHE"
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "policy_info.json")
+
+
+def policy_cache_dir() -> Path | None:
+    """The cache directory from ``PRMFORGE_POLICY_CACHE``, or None when unset (no caching)."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    return Path(value).expanduser().resolve() if value else None
+
+
+def cached_policy(config_hash: str) -> Path | None:
+    """The cached folder of ``config_hash`` if the cache is on and holds a complete one."""
+    cache = policy_cache_dir()
+    if cache is None:
+        return None
+    folder = cache / config_hash
+    if folder.is_dir() and all((folder / name).is_file() for name in REQUIRED):
+        return folder
+    return None
+
+
+def fetch_cached(config_hash: str, dest: str | Path) -> bool:
+    """Copy the cached policy into ``dest`` (created); False when there is none."""
+    folder = cached_policy(config_hash)
+    if folder is None:
+        return False
+    shutil.copytree(folder, dest, dirs_exist_ok=True)
+    return True
+
+
+def store_cached(src: str | Path, config_hash: str) -> Path | None:
+    """Put a trained policy folder into the cache (if on); an existing entry is kept."""
+    cache = policy_cache_dir()
+    if cache is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / config_hash
+    if cached_policy(config_hash) is not None:
+        return final
+    tmp = cache / f".tmp-{config_hash}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process stored the same hash first (or a stale partial folder sits there)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if cached_policy(config_hash) is None:
+            return None
+    return final
