@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from prmforge.ingest.adapters import RecordError, extract, gsm8k_answer, last_boxed
+from prmforge.ingest.adapters import RecordError, detect_adapter, extract, gsm8k_answer, last_boxed
 from prmforge.ingest.normalize import (
     AnswerError,
     match_words,
@@ -105,6 +105,25 @@ def test_auto_adapter_detection_and_generic_mapping() -> None:
                  {"problem": "q", "answer": "a", "split": "s", "id": "uid"})
     assert (ex.problem, ex.answer, ex.split) == ("Q", 9, "test")
     assert ex.meta == {"source_id": "x1", "extra": 1}
+
+
+def test_auto_detects_world_records_and_keeps_their_meta_flat() -> None:
+    import json
+
+    from prmforge.world import generate_problems
+
+    p = generate_problems(1, seed=5, difficulty="easy")[0]
+    for meta in (dict(p.meta), json.dumps(p.meta)):  # as the world source yields it, and as exported JSON
+        record = {"problem": p.problem, "answer": p.answer, "meta": meta}
+        assert detect_adapter(record) == "world"
+        assert extract(record, "auto", {}).meta == p.meta
+    # a MATH-style record with an unrelated meta column is still math (its meta kept under "meta")
+    other = {"problem": "Q", "answer": "1", "meta": {"level": 3}}
+    assert detect_adapter(other) == "math" and extract(other, "auto", {}).meta == {"meta": {"level": 3}}
+    assert detect_adapter({"problem": "Q", "answer": "1", "meta": "{not json"}) == "math"
+    with pytest.raises(RecordError) as err:  # the explicit world adapter refuses a meta it cannot rebuild from
+        extract({"problem": "Q", "answer": "1", "meta": {"level": 3}}, "world", {})
+    assert err.value.reason == "malformed_record"
 
 
 def test_problem_id_is_stable_and_whitespace_insensitive() -> None:

@@ -71,6 +71,25 @@ def test_incoming_folder_all_formats(local_root: str) -> None:
         spec_for("nothere", "/nonexistent/registry.yaml", storage)
 
 
+def test_dropped_world_records_keep_the_world_meta(local_root: str) -> None:
+    """A world dataset exported to JSONL and dropped into incoming/ (adapter auto) still rebuilds for the oracle."""
+    from prmforge.world import generate_problems, problem_from_meta
+
+    storage = Storage(local_root)
+    folder = Path(storage.path("incoming", "world-drop"))
+    folder.mkdir(parents=True)
+    problems = generate_problems(4, seed=9, difficulty="easy")
+    lines = [json.dumps({"problem": p.problem, "answer": p.answer, "meta": p.meta}) for p in problems]
+    (folder / "part-1.jsonl").write_text("\n".join(lines) + "\n")
+    spec = spec_for("world-drop", "/nonexistent/registry.yaml", storage)
+    assert (spec.source, spec.adapter) == ("incoming", "auto")
+    r = ingest_dataset(spec, IngestSettings(), storage)
+    assert r.accepted.num_rows == 4 and not r.quarantine.num_rows
+    for row, p in zip(r.accepted.to_pylist(), problems, strict=True):
+        meta = json.loads(row["meta"])
+        assert "meta" not in meta and problem_from_meta(meta).problem == row["problem"] == p.problem
+
+
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     spec = add_dataset("gone", str(tmp_path / "nope.jsonl"), path=tmp_path / "r.yaml")
     with pytest.raises(SourceError, match="'gone'.*does not exist"):

@@ -10,11 +10,15 @@ record they cannot read, never a bare exception.
 * ``math``: ``problem`` + an ``answer`` column, else the last ``\\boxed{...}``
   (nested braces handled) of ``solution``.
 * ``generic``: a column mapping ``{problem: col, answer: col, split: col, id: col}``.
+* ``world``: records of the built-in world (``problem``, ``answer``, ``meta``
+  with the world's rebuildable meta, as a dict or a JSON string); meta is kept
+  as is so later stages can rebuild the problem and run the step oracle.
 * ``auto``: picks one of the above from the record's keys.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,13 +153,36 @@ def adapt_generic(record: dict[str, Any], columns: dict[str, str]) -> Extracted:
     return Extracted(problem, answer, split, meta)
 
 
+def world_meta(value: Any) -> dict[str, Any] | None:
+    """``value`` as a world meta dict (a dict or its JSON string, as exported), else None."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, dict) and isinstance(value.get("world"), str) and "ops" in value and "start" in value:
+        return value
+    return None
+
+
 def adapt_world(record: dict[str, Any], columns: dict[str, str]) -> Extracted:
     """Records of the built-in world source: meta is the world's rebuildable meta, as is."""
-    return Extracted(record.get("problem"), record.get("answer"), None, dict(record.get("meta") or {}))
+    raw = record.get("meta")
+    meta = world_meta(raw)
+    if meta is None and raw not in (None, {}, ""):
+        raise RecordError("malformed_record", "'meta' is not a world problem's meta (needs world, start, ops)")
+    return Extracted(record.get("problem"), record.get("answer"), None, dict(meta or {}))
 
 
 def detect_adapter(record: dict[str, Any]) -> str:
-    """The adapter a record's keys call for (``auto`` mode)."""
+    """The adapter a record's keys call for (``auto`` mode).
+
+    World records (e.g. a world dataset exported and dropped into ``incoming/``)
+    are recognised by their meta before ``math``, which would otherwise take
+    them and nest the world meta under ``meta.meta``, hiding it from the oracle.
+    """
+    if "problem" in record and "answer" in record and world_meta(record.get("meta")) is not None:
+        return "world"
     if "question" in record and isinstance(record.get("answer"), str) and GSM8K_MARKER in record["answer"]:
         return "gsm8k"
     if "problem" in record and ("solution" in record or "answer" in record):
