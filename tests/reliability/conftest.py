@@ -43,6 +43,7 @@ class _State:
     collected: int = 0
     deselected: int = 0
     started: float = field(default_factory=time.time)
+    load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
 
 _STATE = _State()
@@ -124,13 +125,14 @@ def _fmt(v: Any) -> str:
 
 def render() -> str:
     lines = ["# Reliability and security report", "",
-             "Written by `tests/reliability/conftest.py` at the end of "
-             "`nice -n 10 .venv/bin/pytest tests/reliability`; every figure below was produced by that run.", ""]
+             "Written by `tests/reliability/conftest.py` at the end of a pytest run that included the whole "
+             "suite (`nice -n 10 .venv/bin/pytest tests/reliability`, or `make test`); every figure below was "
+             "produced by that run.", ""]
     wall = time.time() - _STATE.started
     passed = sum(1 for s, _ in _STATE.outcomes.values() if s == "passed")
     lines += [f"- run finished: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other work), "
-              f"Python {platform.python_version()}",
+              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average at the start "
+              f"{_STATE.load_at_start[0]:.1f} (other work shared the cores), Python {platform.python_version()}",
               f"- tests: {len(_STATE.outcomes)} run, {passed} passed; suite wall time {wall:.0f} s", ""]
     lines += ["## Faults injected", "",
               "| test | fault injected | times | what was checked | measured | result |",
