@@ -20,9 +20,11 @@ DEFAULT_PROFILE = "demo"
 
 # stage name -> field overrides, per profile. Stages add their entries here.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {"ingest": {"world_size": 24},
-             "rollouts": {"n": 2, "max_tokens": 24, "shard_size": 4, "max_problems": 12},
-             "mc_step_labels": {"k": 2, "max_tokens": 16, "shard_size": 4, "batch_prefixes": 16},
+    # tiny: world seed problems are `easy`, the tiny policy's difficulty; token budgets let an `easy`
+    # solution (<= ~60 tokens) finish, so rollouts, MC continuations and Best-of-N reach final answers.
+    "tiny": {"ingest": {"world_size": 24, "world_difficulty": "easy"},
+             "rollouts": {"n": 2, "max_tokens": 96, "shard_size": 4, "max_problems": 12},
+             "mc_step_labels": {"k": 2, "max_tokens": 96, "shard_size": 4, "batch_prefixes": 16},
              "judge_step_labels": {"max_tokens": 32, "shard_size": 4}},
     "demo": {},
     "world": {"ingest": {"world_size": 1000},
@@ -33,7 +35,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 # PRM stage (prm_model / prm_evaluation / registered_prm); demo defaults live in prmforge.prm.settings.
 PROFILES["tiny"].update({
     "prm_model": {"epochs": 1.0, "max_steps": None, "micro_batch_size": 8, "max_length": 128, "checkpoint_every": 5},
-    "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 32, "max_samples_per_subset": 40},
+    "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 96, "max_samples_per_subset": 40},
 })
 PROFILES["world"].update({
     "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 5e-4, "checkpoint_every": 100},
@@ -42,10 +44,13 @@ PROFILES["world"].update({
 
 # Bootstrap policy and held-out world benchmark; demo defaults live in prmforge.policy.
 PROFILES["tiny"].update({
-    "policy": {"n_train_problems": 200, "tokenizer_problems": 150, "vocab_size": 512, "hidden_size": 32,
-               "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "train_steps": 12, "batch_size": 8,
-               "warmup_steps": 2, "log_every": 4, "calib_problems": 8, "max_new_tokens": 48},
-    "world_benchmark": {"n_problems": 8, "samples_per_problem": 2, "size": 16, "max_new_tokens": 48},
+    # The smallest quick policy that is usable on `easy` (measured: 37% at T=1.0 on 200 held-out problems,
+    # 800 steps in ~60 s on one core; see docs/readme/world-policy.md). Trained once per pytest session
+    # (PRMFORGE_POLICY_CACHE, tests/conftest.py).
+    "policy": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64, "intermediate_size": 192,
+               "num_layers": 2, "num_heads": 2, "train_steps": 800, "learning_rate": 0.01, "warmup_steps": 50,
+               "calib_problems": 100, "max_new_tokens": 96},
+    "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
 })
 PROFILES["world"].update({
     "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192, "intermediate_size": 512,

@@ -6,11 +6,15 @@ conditions (``evaluate_automation_conditions``), executing every requested
 run in process against one instance, until nothing more is requested. No
 asset is materialised by the test itself: every run is one the sensor or an
 automation condition asked for. Tiny profile, embedded default (local
-storage, sqlite MLflow).
+storage, sqlite MLflow). The dropped files hold `easy` world problems
+exported as JSONL (``problem``, ``answer``, ``meta``): the tiny policy is a
+world policy, so its rollouts on them are partly right and partly wrong and
+every stage has real rows to work on.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,10 +24,8 @@ import pytest
 from pipelines.jobs import FULL_PIPELINE_JOB
 from pipelines.sensors import new_dataset_sensor
 from prmforge.storage import Storage
+from prmforge.world import generate_problems, problem_from_meta
 from resources.storage import StorageResource
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "prmforge" / "data" / "gsm8k_sample.jsonl"
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +103,8 @@ def test_dropped_jsonl_flows_to_a_new_gated_prm(tmp_path: Path, monkeypatch: pyt
 
     defs = build_defs()
     storage = Storage()
-    lines = SAMPLE.read_text().splitlines()
+    lines = [json.dumps({"problem": p.problem, "answer": p.answer, "meta": p.meta})
+             for p in generate_problems(20, seed=11, difficulty="easy")]
 
     with dg.instance_for_test() as instance:
         player = DaemonPlayer(defs, instance)
@@ -117,6 +120,11 @@ def test_dropped_jsonl_flows_to_a_new_gated_prm(tmp_path: Path, monkeypatch: pyt
         for asset in ("seed_problems", "policy_rollouts", "mc_step_labels", "judge_step_labels",
                       "consensus_labels"):
             assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None, asset
+        # real rows at every stage: world meta kept (oracle-ready), labels of both kinds to train on
+        seed = storage.read_dataset("seed_problems", "dropped-a").to_pylist()
+        assert len(seed) == 10 and all(problem_from_meta(json.loads(r["meta"])).problem == r["problem"] for r in seed)
+        labels = [x for row in storage.read_dataset("consensus_labels", "dropped-a").to_pylist() for x in row["labels"]]
+        assert labels, "no consensus rows"
         assert len(_materialisations(instance, "prm_model")) == 1
         first_eval = _materialisations(instance, "prm_evaluation")
         gate = _materialisations(instance, "registered_prm")

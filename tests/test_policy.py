@@ -24,7 +24,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny() -> PolicySettings:
-    return stage_settings(PolicySettings, "policy", profile="tiny")
+    """The tiny profile's architecture, trained for a few steps: these tests are about the mechanics.
+
+    (The full tiny policy is trained once per session by ``policy_model`` through the policy cache.)
+    """
+    return stage_settings(PolicySettings, "policy", profile="tiny", train_steps=30, log_every=10)
 
 
 @pytest.fixture(scope="module")

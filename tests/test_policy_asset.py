@@ -37,10 +37,11 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     first = materialize([policy_model, world_benchmark], resources=resources, instance=instance, run_config=cfg)
     assert first.success
     meta = _meta(instance, "policy_model")
+    # not in this root yet: trained here, or copied from the session's policy cache (PRMFORGE_POLICY_CACHE)
     assert meta["reused"] is False and meta["uri"].startswith("s3://")
     assert meta["uri"].endswith(f"models/policy/{meta['config_hash']}")
     assert 0.0 <= meta["calib_accuracy"] <= 1.0 and "first wrong step" in meta["calib_first_error_histogram"]
-    assert "calibration_in_band" in _checks(first)  # WARN check ran (tiny is far from the band)
+    assert "calibration_in_band" in _checks(first)  # WARN check ran
     storage = Storage(s3_root)
     assert storage.dir_complete("models", "policy", meta["config_hash"])
 
@@ -79,12 +80,13 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     assert recal_meta["reused"] is True and recal_meta["config_hash"] == meta["config_hash"]
     assert recal_meta["calib_problems"] == 5
 
-    # a changed config trains a new model under a new hash
+    # a changed config trains a new model under a new hash (few steps: only the hash and the training path matter)
     third = materialize([policy_model], resources=resources, instance=instance,
-                        run_config={"ops": {"policy_model": {"config": {"seed": 1}}}})
+                        run_config={"ops": {"policy_model": {"config": {"seed": 1, "train_steps": 20}}}})
     assert third.success
     changed = _meta(instance, "policy_model")
     assert changed["reused"] is False and changed["config_hash"] != meta["config_hash"]
+    assert changed["from_policy_cache"] is False and changed["train_steps"] == 20
 
 
 def test_benchmark_check_blocks_when_a_class_is_missing(local_root):
