@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -63,8 +64,10 @@ def world_rows(n: int, seed: int, split: str = "train", dataset: str = "world-a"
                        "prompt": prompt_for(p.problem), "steps": kept,
                        "labels": [True] * len(kept) if err < 0 else [True] * err + [False],
                        "first_error": err, "mc_mode": "oracle", "k": 0, "judge": "none"})
+        right = err < 0 or err < len(steps) - 1 and i % 4 == 1
         bench.append({"id": f"wb-{i}", "problem": p.problem, "steps": steps, "label": err,
-                      "final_answer_correct": err < 0 or err < len(steps) - 1 and i % 4 == 1,
+                      "final_answer_correct": right,
                       "problem_id": p.problem_id, "error_kind": "arithmetic" if err >= 0 else "",
-                      "answer": p.answer})
+                      "answer": p.answer, "predicted": p.answer if right else None,  # world_benchmark schema
+                      "meta": json.dumps(p.meta, sort_keys=True)})
     return labels, bench
