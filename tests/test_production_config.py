@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "pg-test-secret"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from net_helpers import free_port
 
 from pipelines.automation import STAGES
 
