@@ -113,8 +113,9 @@ def test_dagster_instance_on_postgres_runs_ingestion(
                         "adapter: gsm8k}\n")
     monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
 
-    instance = dg.DagsterInstance.get()
-    try:
+    # Entered, as the CLI does: loading definitions reads the *current* defs-state storage, and an earlier
+    # test's direct schedule invocation can leave a disposed instance's storage current in this thread.
+    with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert instance.event_log_storage.supports_global_concurrency_limits
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
@@ -129,8 +130,6 @@ def test_dagster_instance_on_postgres_runs_ingestion(
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("seed_problems"))
         assert event is not None and event.tags.get("dagster/data_version")
-    finally:
-        instance.dispose()
 
     # The rows really are in Postgres, not in a local file.
     with postgres.connect("dagster") as conn, conn.cursor() as cur:
