@@ -45,7 +45,7 @@ PROFILES["world"].update({
 # Bootstrap policy and held-out world benchmark; demo defaults live in prmforge.policy.
 PROFILES["tiny"].update({
     # The smallest quick policy that is usable on `easy` (measured: 37% at T=1.0 on 200 held-out problems,
-    # 800 steps in ~60 s on one core; see docs/readme/world-policy.md). Trained once per pytest session
+    # 800 steps in ~60 s on one core; see docs/world-policy.md). Trained once per pytest session
     # (PRMFORGE_POLICY_CACHE, tests/conftest.py).
     "policy": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64, "intermediate_size": 192,
                "num_layers": 2, "num_heads": 2, "train_steps": 800, "learning_rate": 0.01, "warmup_steps": 50,

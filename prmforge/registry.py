@@ -42,7 +42,7 @@ SOURCE_KINDS = ("world", "incoming", "bundled", "hub", "path")
 _HEADER = """\
 # prmforge dataset registry: dataset key -> source, format, adapter, split, column mapping, options.
 # Each key is a partition of seed_problems. Add entries with `prmforge add-dataset` or by hand;
-# the format is documented in docs/readme/ingestion.md and prmforge/registry.py.
+# the format is documented in docs/ingestion.md and prmforge/registry.py.
 """
 
 
