@@ -18,48 +18,45 @@ T = TypeVar("T", bound=BaseModel)
 
 DEFAULT_PROFILE = "demo"
 
-# stage name -> field overrides, per profile. Stages add their entries here.
+# profile -> stage -> field overrides. Demo defaults live in each stage's settings class
+# (prmforge.ingest, prmforge.rollouts, prmforge.labeling.settings, prmforge.policy, prmforge.prm.settings).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    # tiny: world seed problems are `easy`, the tiny policy's difficulty; token budgets let an `easy`
-    # solution (<= ~60 tokens) finish, so rollouts, MC continuations and Best-of-N reach final answers.
-    "tiny": {"ingest": {"world_size": 24, "world_difficulty": "easy"},
-             "rollouts": {"n": 2, "max_tokens": 96, "shard_size": 4, "max_problems": 12},
-             "mc_step_labels": {"k": 2, "max_tokens": 96, "shard_size": 4, "batch_prefixes": 16},
-             "judge_step_labels": {"max_tokens": 32, "shard_size": 4}},
-    "demo": {},
-    "world": {"ingest": {"world_size": 1000},
-              "rollouts": {"n": 8, "shard_size": 128},
-              "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256}},
+    "tiny": {
+        # World seed problems are `easy`, the tiny policy's difficulty; token budgets let an `easy`
+        # solution (<= ~60 tokens) finish, so rollouts, MC continuations and Best-of-N reach answers.
+        "ingest": {"world_size": 24, "world_difficulty": "easy"},
+        # The smallest quick policy that is usable on `easy` (measured: 37% at T=1.0 on 200 held-out
+        # problems, 800 steps in ~60 s on one core; see docs/world-policy.md). Trained once per pytest
+        # session (PRMFORGE_POLICY_CACHE, tests/conftest.py).
+        "policy": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
+                   "intermediate_size": 192, "num_layers": 2, "num_heads": 2, "train_steps": 800,
+                   "learning_rate": 0.01, "warmup_steps": 50, "calib_problems": 100, "max_new_tokens": 96},
+        "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
+        "rollouts": {"n": 2, "max_tokens": 96, "shard_size": 4, "max_problems": 12},
+        "mc_step_labels": {"k": 2, "max_tokens": 96, "shard_size": 4, "batch_prefixes": 16},
+        "judge_step_labels": {"max_tokens": 32, "shard_size": 4},
+        "prm_model": {"epochs": 1.0, "max_steps": None, "micro_batch_size": 8, "max_length": 128,
+                      "checkpoint_every": 5},
+        "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 96, "max_samples_per_subset": 40},
+    },
+    "demo": {
+        # The demo policy learns the `easy` world (52% at T=1.0; 10% on `standard`), so the demo's
+        # world seed problems, which it rolls out on, are `easy` too.
+        "ingest": {"world_difficulty": "easy"},
+    },
+    "world": {
+        "ingest": {"world_size": 1000},
+        "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192,
+                   "intermediate_size": 512, "num_layers": 4, "num_heads": 6, "train_steps": 4000,
+                   "calib_problems": 1000},
+        "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
+        "rollouts": {"n": 8, "shard_size": 128},
+        "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256},
+        "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 5e-4,
+                      "checkpoint_every": 100},
+        "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
+    },
 }
-
-# PRM stage (prm_model / prm_evaluation / registered_prm); demo defaults live in prmforge.prm.settings.
-PROFILES["tiny"].update({
-    "prm_model": {"epochs": 1.0, "max_steps": None, "micro_batch_size": 8, "max_length": 128, "checkpoint_every": 5},
-    "prm_evaluation": {"bon_n": 2, "bon_problems": 3, "bon_max_tokens": 96, "max_samples_per_subset": 40},
-})
-PROFILES["world"].update({
-    "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 5e-4, "checkpoint_every": 100},
-    "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
-})
-
-# Bootstrap policy and held-out world benchmark; demo defaults live in prmforge.policy.
-PROFILES["tiny"].update({
-    # The smallest quick policy that is usable on `easy` (measured: 37% at T=1.0 on 200 held-out problems,
-    # 800 steps in ~60 s on one core; see docs/world-policy.md). Trained once per pytest session
-    # (PRMFORGE_POLICY_CACHE, tests/conftest.py).
-    "policy": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64, "intermediate_size": 192,
-               "num_layers": 2, "num_heads": 2, "train_steps": 800, "learning_rate": 0.01, "warmup_steps": 50,
-               "calib_problems": 100, "max_new_tokens": 96},
-    "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
-})
-PROFILES["world"].update({
-    "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192, "intermediate_size": 512,
-               "num_layers": 4, "num_heads": 6, "train_steps": 4000, "calib_problems": 1000},
-    "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
-})
-# The demo policy learns the `easy` world (52% at T=1.0; 10% on `standard`), so the demo's world
-# seed problems, which it rolls out on, are `easy` too.
-PROFILES["demo"].setdefault("ingest", {})["world_difficulty"] = "easy"
 
 
 def active_profile() -> str:
