@@ -21,7 +21,6 @@ import io
 import os
 import posixpath
 import tempfile
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +251,3 @@ class Storage:
         if self.exists(p):
             self.fs.rm(p, recursive=True)
 
-
-def new_tmp_name() -> str:
-    return f".tmp-{uuid.uuid4().hex}"
