@@ -74,10 +74,16 @@ REMOTE_ASSETS = frozenset(
     }
 )
 
-# Cheap stages whose backfills may run many partitions in one run. Only
-# assets whose code (and IO manager) handle a partition *range* may be listed
-# here; see docs/readme/orchestration.md "Backfills".
-SINGLE_RUN_BACKFILL_ASSETS: frozenset[str] = frozenset()
+# Cheap stages whose backfills run many partitions as ONE run
+# (BackfillPolicy.single_run()). Only assets whose code handles a partition
+# *range* may be listed here: ``seed_problems`` iterates
+# ``context.partition_keys``, writes each dataset's tables atomically and
+# reports a materialisation (data version = that table's content hash) and
+# check evaluations per partition; a dataset that cannot be ingested fails
+# alone (assets/seed.py). The three names are one multi-asset, listed together.
+# GPU stages stay one run per dataset: they fan out across the gpu pool.
+# See docs/orchestration.md "Backfills".
+SINGLE_RUN_BACKFILL_ASSETS: frozenset[str] = frozenset(STAGES["seed"])
 
 K8S_GPU_TAG = "dagster-k8s/config"
 

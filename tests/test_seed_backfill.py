@@ -1,0 +1,170 @@
+"""A backfill of the seed stage over many datasets runs as ONE run, executed by the backfill daemon.
+
+Real parts: the backfill is submitted by ``prmforge backfill --daemon``'s own
+function (``cli.submit_backfill``) to a real instance, the code location is
+the project's ``build_defs`` loaded as a workspace, and the daemon's
+``execute_backfill_iteration`` plans and launches the runs; the storage root
+is a bucket on the moto S3 server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    BACKFILL_ID_TAG,
+)
+from dagster._core.test_utils import create_test_daemon_workspace_context
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._daemon.backfill import execute_backfill_iteration
+
+from assets.common import table_data_version
+from assets.partitions import DATASETS_PARTITIONS_NAME
+from assets.seed import DROPPED, QUARANTINE, SEED
+from prmforge import cli
+from prmforge.registry import add_dataset
+from prmforge.storage import Storage
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_ASSETS = (SEED, QUARANTINE, DROPPED)
+# Partition order is the order they are added; "ghost" (an unreachable source) sits inside the range.
+KEYS = ["alpha", "ghost", "beta", "gamma"]
+GOOD = ["alpha", "beta", "gamma"]
+
+
+def _rows(*pairs: tuple[str, str]) -> str:
+    return "\n".join(json.dumps({"question": q, "answer": f"w\n#### {a}"}) for q, a in pairs)
+
+
+@pytest.fixture
+def location(tmp_path: Path, s3_root: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Registry of three good datasets and one unreachable one; a code-location file on ``s3_root``."""
+    registry = tmp_path / "datasets.yaml"
+    sources = {
+        "alpha": _rows(("Ann has 3 pens and buys 4 more. How many pens?", "7"), ("What is 2 plus 2?", "4")),
+        "beta": _rows(("Bob has 10 coins and spends 1. How many?", "9")),
+        # The first problem is alpha's: dedupe across partitions drops it, as a run after alpha's would.
+        "gamma": _rows(("Ann has 3 pens and buys 4 more. How many pens?", "7"), ("What is 5 times 6?", "30")),
+    }
+    for key, text in sources.items():
+        (tmp_path / f"{key}.jsonl").write_text(text)
+        add_dataset(key, str(tmp_path / f"{key}.jsonl"), adapter="gsm8k", path=registry)
+    add_dataset("ghost", "hub:nobody/not-cached", path=registry)
+    monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
+    monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")  # the ghost fails once, not four times
+    defs_file = tmp_path / "location.py"
+    defs_file.write_text(
+        "from pipelines.definitions import build_defs\n"
+        "from resources.storage import StorageResource\n"
+        f"defs = build_defs(storage=StorageResource(root={s3_root!r}))\n"
+    )
+    return defs_file
+
+
+def _run_backfill(instance: dg.DagsterInstance, context, defs: dg.Definitions) -> str:
+    backfill_id = cli.submit_backfill(defs, instance, KEYS, "key:seed_problems", title="seed backfill test")
+    logger = logging.getLogger("test_seed_backfill")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        list(execute_backfill_iteration(context, logger))
+        backfill = instance.get_backfill(backfill_id)
+        if backfill.status != BulkActionStatus.REQUESTED:
+            return backfill_id
+    raise AssertionError(f"backfill {backfill_id} still {instance.get_backfill(backfill_id).status} after 120 s")
+
+
+def _only_run(instance: dg.DagsterInstance, backfill_id: str) -> dg.DagsterRun:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
+    assert len(runs) == 1, [(r.run_id, r.tags.get("dagster/partition")) for r in runs]
+    return runs[0]
+
+
+def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
+        location: Path, s3_root: str, tmp_path: Path) -> None:
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, python_file=str(location), attribute="defs",
+                             working_directory=str(REPO)),
+        location_name="prmforge",
+    )
+    with (
+        dg.instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as context,
+    ):
+        from pipelines.definitions import build_defs
+        from resources.storage import StorageResource
+
+        defs = build_defs(storage=StorageResource(root=s3_root))
+        instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, KEYS)
+        storage = Storage(s3_root)
+
+        backfill_id = _run_backfill(instance, context, defs)
+
+        # ONE run over the whole range; it fails because of the ghost, after writing the others.
+        run = _only_run(instance, backfill_id)
+        assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("alpha",
+                                                                                                        "gamma")
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        failure = "\n".join(e.dagster_event.event_specific_data.error.to_string()
+                            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE))
+        assert "1 of 4 datasets could not be ingested" in failure and "nobody/not-cached" in failure
+
+        # Every good partition: its three files, and one materialisation each whose data version is
+        # the content hash of exactly that file.
+        for name in SEED_ASSETS:
+            for key in GOOD:
+                table = storage.read_dataset(name, key)
+                (record,) = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[key]), limit=5).records
+                assert record.run_id == run.run_id
+                assert record.asset_materialization.tags[DATA_VERSION_TAG] == table_data_version(table).value
+                assert record.asset_materialization.metadata["rows"].value == table.num_rows
+            assert not storage.dataset_exists(name, "ghost")
+        assert storage.read_dataset(SEED, "beta").column("dataset").to_pylist() == ["beta"]
+        # Dedupe across partitions saw alpha, written earlier in the same run.
+        assert storage.read_dataset(SEED, "gamma").column("answer").to_pylist() == ["30"]
+        (dup,) = storage.read_dataset(DROPPED, "gamma").to_pylist()
+        assert dup["kind"] == "duplicate" and dup["matched"].startswith("alpha:")
+
+        # Both blocking checks were evaluated per partition, and passed.
+        evaluations = {
+            (e.dagster_event.event_specific_data.check_name, e.dagster_event.event_specific_data.partition):
+                e.dagster_event.event_specific_data
+            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        }
+        assert set(evaluations) == {(c, k) for c in ("rows_conserved", "seed_quality") for k in GOOD}
+        assert all(ev.passed and ev.blocking for ev in evaluations.values())
+        assert all(ev.target_materialization_data.run_id == run.run_id for ev in evaluations.values())
+
+        # The backfill knows which partitions failed: only the ghost.
+        data = instance.get_backfill(backfill_id).asset_backfill_data
+        for name in SEED_ASSETS:
+            key = dg.AssetKey(name)
+            assert sorted(data.materialized_subset.get_partitions_subset(key).get_partition_keys()) == sorted(GOOD)
+            assert list(data.failed_and_downstream_subset.get_partitions_subset(key).get_partition_keys()) == [
+                "ghost"]
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_FAILED
+
+        # A second backfill after only beta's source changed: again one run, and only beta's data
+        # version changes (what the downstream automation conditions read, per partition).
+        before = instance.event_log_storage.get_maximum_record_id()
+        (tmp_path / "beta.jsonl").write_text(_rows(("Bob has 10 coins and spends 1. How many?", "9"),
+                                                   ("Cy has 8 hats and loses 2. How many?", "6")))
+        second = _run_backfill(instance, context, defs)
+        assert _only_run(instance, second).run_id != run.run_id
+        for name in (SEED, DROPPED):
+            changed = instance.event_log_storage.get_updated_data_version_partitions(
+                dg.AssetKey(name), GOOD, before)
+            assert changed == ({"beta"} if name == SEED else set()), name
+        assert storage.read_dataset(SEED, "beta").num_rows == 2
