@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -45,7 +46,21 @@ concurrency:
     granularity: op
   runs:
     max_concurrent_runs: 4
+# A run whose process dies (kill -9, OOM) must not keep its gpu slot forever.
+# Runs launched from the UI: their code server marks the run failed when its
+# worker dies, and the daemon's monitoring frees a finished run's slots after
+# free_slots_after_run_end_seconds (the delay lets step processes of a dead run
+# worker finish or die first). Runs of `prmforge run`/`backfill` execute in the
+# prmforge process; the next prmforge command marks them failed and frees
+# their slots (prmforge.cli.reap_dead_runs).
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 30
 """
+
+# Run tag naming the process that executes an in-process CLI run: "<host>:<pid>:<start ticks>".
+RUN_PROCESS_TAG = "prmforge/process"
 
 
 # ---- instance -----------------------------------------------------------------
@@ -67,7 +82,7 @@ def dagster_home() -> Path:
 
 
 def get_instance():
-    """The persistent instance in :func:`dagster_home`."""
+    """The persistent instance in :func:`dagster_home`, after :func:`reap_dead_runs`."""
     from dagster import DagsterInstance
 
     dagster_home()
@@ -76,7 +91,82 @@ def get_instance():
         from pipelines.automation import GPU_POOL, gpu_pool_limit
 
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_pool_limit())
+    reap_dead_runs(instance)
     return instance
+
+
+# ---- runs whose process died ----------------------------------------------------
+
+
+def _start_ticks(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None.
+
+    Why: a pid alone can be reused by an unrelated process after a crash; pid
+    plus start time names one process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_token(pid: int | None = None) -> str:
+    """``<host>:<pid>:<start ticks>`` of ``pid`` (default: this process), stored on CLI runs."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def process_gone(token: str) -> bool | None:
+    """True if the process named by ``token`` no longer exists, False if it does,
+    None if this machine cannot tell (it ran on another host)."""
+    parts = token.split(":")
+    if len(parts) != 3:
+        return None
+    host, pid_text, ticks = parts
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, as another user's process
+    now = _start_ticks(pid)
+    return bool(ticks and now is not None and now != ticks)  # same pid, another process
+
+
+def reap_dead_runs(instance) -> list[str]:
+    """Mark in-process CLI runs whose process died as failed and free their concurrency slots.
+
+    Why: ``prmforge run``/``backfill`` execute runs inside the prmforge process.
+    If that process is killed (kill -9, OOM, a closed laptop lid that ends the
+    session), nothing reports the run's end: it stays STARTED in the UI and
+    keeps its ``gpu`` pool slot, so every later GPU step waits forever. Every
+    prmforge command calls this first. Only runs that carry
+    :data:`RUN_PROCESS_TAG` for this host and whose process is gone are
+    touched; their steps ran in that process (the in-process executor), so
+    none can still be using the GPU. Returns the run ids reaped.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+
+    reaped: list[str] = []
+    runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                                                           DagsterRunStatus.CANCELING]))
+    for run in runs:
+        token = run.tags.get(RUN_PROCESS_TAG)
+        if not token or not process_gone(token):
+            continue
+        pid = token.split(":")[1]
+        instance.report_run_failed(run, f"the prmforge process that executed this run (pid {pid}) is gone "
+                                        "(killed?); marked failed by a later prmforge command")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        _say(f"run {run.run_id}: its prmforge process (pid {pid}) died; marked failed, concurrency slots freed")
+        reaped.append(run.run_id)
+    return reaped
 
 
 def _apply_profile(profile: str | None) -> None:
@@ -284,7 +374,7 @@ def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str]
                 asset_selection=list(phase.keys),
                 run_id=run_id,
                 raise_on_error=False,
-                tags={"prmforge/cli": "run", **(tags or {})},
+                tags={"prmforge/cli": "run", RUN_PROCESS_TAG: process_token(), **(tags or {})},
                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             )
         status = "succeeded" if result.success else "FAILED"
@@ -389,6 +479,8 @@ def ui_command(host: str, port: int) -> list[str]:
 def cmd_ui(args: argparse.Namespace) -> int:
     _apply_profile(args.profile)
     home_dir = dagster_home()
+    with get_instance():  # reaps runs of dead prmforge processes before the UI shows them
+        pass
     cmd = ui_command(args.host, args.port)
     _say(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME {home_dir}); Ctrl-C stops it")
     env = dict(os.environ, DAGSTER_HOME=str(home_dir))

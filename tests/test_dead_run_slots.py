@@ -1,0 +1,127 @@
+"""A run whose process is killed with SIGKILL does not keep its ``gpu`` pool slot.
+
+A real ``prmforge`` run (``cli.execute_phases``, the code path of ``prmforge
+run``/``backfill``) executes a GPU-pool step in a subprocess against the
+persistent DAGSTER_HOME; the test kills that process with SIGKILL while the
+step holds the only ``gpu`` slot, shows the slot is still held, then shows the
+next prmforge command (``cli.get_instance``) marks the run failed and frees the
+slot, so a following GPU step runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipelines.automation import GPU_POOL, apply_orchestration
+from prmforge import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A stand-in for a GPU stage (the name puts it in the gpu pool) that holds its slot until killed.
+RUN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import dagster as dg
+from pipelines.automation import apply_orchestration
+from prmforge import cli
+
+marker = Path(sys.argv[1])
+
+@dg.asset(name="prm_model")
+def gpu_step() -> dg.MaterializeResult:
+    marker.write_text(str(os.getpid()))
+    time.sleep(600)
+    return dg.MaterializeResult()
+
+defs = dg.Definitions(assets=apply_orchestration([gpu_step]), jobs=[dg.define_asset_job("full_pipeline")])
+with cli.get_instance() as instance:
+    cli.execute_phases(defs, instance, [cli.Phase("gpu", [dg.AssetKey("prm_model")])])
+"""
+
+
+@dg.asset(name="prm_model")
+def quick_gpu_step() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"ran": True})
+
+
+@pytest.fixture
+def dagster_home(_isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = _isolated_home / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")
+    return home
+
+
+def test_process_token_names_this_process_and_detects_a_dead_one() -> None:
+    assert cli.process_gone(cli.process_token()) is False
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    token = cli.process_token(child.pid)
+    assert cli.process_gone(token) is False
+    child.kill()
+    child.wait(10)
+    assert cli.process_gone(token) is True
+    assert cli.process_gone(f"another-host:{os.getpid()}:1") is None  # cannot tell: never reaped
+
+
+def test_sigkilled_run_frees_its_gpu_slot_for_the_next_gpu_step(dagster_home: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "gpu_run.py"
+    script.write_text(RUN_SCRIPT)
+    marker = tmp_path / "holding-the-gpu"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run process exited early:\n{proc.stdout.read()}")
+            assert time.time() < deadline, "the GPU step never started"
+            time.sleep(0.2)
+
+        instance = cli.get_instance()  # a prmforge command while the run is alive: nothing to reap
+        (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"prmforge/cli": "run"}))
+        assert run.status == dg.DagsterRunStatus.STARTED
+        assert run.tags[cli.RUN_PROCESS_TAG].split(":")[1] == str(proc.pid)
+        storage = instance.event_log_storage
+        assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
+
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+
+    # Nobody else notices a killed in-process run: it stays STARTED and keeps the slot.
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
+
+    # The next prmforge command reaps it.
+    capsys.readouterr()
+    instance = cli.get_instance()
+    assert f"run {run.run_id}: its prmforge process (pid {proc.pid}) died" in capsys.readouterr().out
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    assert info.active_slot_count == 0 and info.slot_count == 1
+    assert cli.reap_dead_runs(instance) == []  # once only
+
+    # A following GPU step gets the slot (it would wait forever otherwise).
+    step = apply_orchestration([quick_gpu_step])
+    assert step[0].op.pool == GPU_POOL
+    outcome: dict[str, bool] = {}
+    worker = threading.Thread(target=lambda: outcome.update(ok=dg.materialize(step, instance=instance).success),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert outcome.get("ok") is True, "the next GPU step did not run"
