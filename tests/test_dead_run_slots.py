@@ -125,3 +125,106 @@ def test_sigkilled_run_frees_its_gpu_slot_for_the_next_gpu_step(dagster_home: Pa
     worker.start()
     worker.join(60)
     assert outcome.get("ok") is True, "the next GPU step did not run"
+
+
+# ---- runs launched by the daemon/UI (DefaultRunLauncher through a code server) ----------------
+
+LOCATION = """
+import os, time
+from pathlib import Path
+import dagster as dg
+from pipelines.automation import apply_orchestration
+
+@dg.asset(name="prm_model")
+def gpu_step() -> dg.MaterializeResult:
+    # The step runs in a child of the run worker (multiprocess executor): record both.
+    Path(os.environ["PRMFORGE_TEST_MARKER"]).write_text(f"{os.getppid()} {os.getpid()}")
+    time.sleep(600)
+    return dg.MaterializeResult()
+
+defs = dg.Definitions(assets=apply_orchestration([gpu_step]),
+                      jobs=[dg.define_asset_job("gpu_job", selection=["prm_model"])])
+"""
+
+
+def _wait(condition, what: str, timeout: float = 45.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+def test_daemon_monitoring_frees_the_slot_of_a_killed_launched_run(dagster_home: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI/daemon path, with the instance config the CLI ships (its delay shortened to 2 s)."""
+    import logging
+
+    from dagster._cli.job import _create_run
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import PythonFileTarget
+    from dagster._daemon.monitoring import execute_concurrency_slots_iteration
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    shipped = "free_slots_after_run_end_seconds: 30"
+    assert shipped in cli.DAGSTER_YAML and "enabled: true" in cli.DAGSTER_YAML
+    dagster_home.mkdir(parents=True)
+    (dagster_home / "dagster.yaml").write_text(
+        cli.DAGSTER_YAML.replace(shipped, "free_slots_after_run_end_seconds: 2"))
+    location = tmp_path / "location.py"
+    location.write_text(LOCATION)
+    marker = tmp_path / "holding-the-gpu"
+    monkeypatch.setenv("PRMFORGE_TEST_MARKER", str(marker))
+    logger = logging.getLogger("test_dead_run_slots")
+    killed: list[int] = []
+
+    with (
+        dg.DagsterInstance.get() as instance,
+        create_test_daemon_workspace_context(
+            PythonFileTarget(str(location), "defs", str(REPO), "gpu_location"), instance) as context,
+    ):
+        assert instance.run_monitoring_enabled  # the shipped config turns the monitoring daemon on
+        request = context.create_request_context()
+        code_location = request.get_code_location("gpu_location")
+        repo = code_location.get_repository("__repository__")
+        run = _create_run(instance=instance, code_location=code_location, remote_repo=repo,
+                          remote_job=repo.get_full_job("gpu_job"), run_config={}, tags={}, op_selection=None,
+                          run_id=None)
+        # The shipped config queues runs (concurrency.runs); the run queue daemon launches it with the
+        # DefaultRunLauncher: a run worker process of the code server.
+        instance.submit_run(run.run_id, request)
+        with QueuedRunCoordinatorDaemon(interval_seconds=1) as queue_daemon:
+            list(queue_daemon.run_iteration(context))
+        try:
+            _wait(marker.exists, "the GPU step to start")
+            storage = instance.event_log_storage
+            assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
+            worker, step = (int(p) for p in marker.read_text().split())
+            assert worker != os.getpid()
+            for pid in (worker, step):  # the run's processes die, as on an OOM kill
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+            # The code server notices its dead run worker and marks the run failed ...
+            _wait(lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+                  "the code server to mark the run failed")
+            # ... but the slot stays claimed until the monitoring daemon frees it, after the delay.
+            assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
+            end = instance.get_run_record_by_id(run.run_id).end_time
+            time.sleep(max(0.0, end + 2.5 - time.time()))
+            list(execute_concurrency_slots_iteration(context, logger))
+            info = storage.get_concurrency_info(GPU_POOL)
+            assert info.active_slot_count == 0 and info.slot_count == 1
+        finally:
+            for pid in {int(p) for p in marker.read_text().split()} - set(killed) if marker.exists() else ():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        step_def = apply_orchestration([quick_gpu_step])
+        outcome: dict[str, bool] = {}
+        worker_thread = threading.Thread(
+            target=lambda: outcome.update(ok=dg.materialize(step_def, instance=instance).success), daemon=True)
+        worker_thread.start()
+        worker_thread.join(60)
+        assert outcome.get("ok") is True, "the next GPU step did not run"

@@ -33,6 +33,9 @@ def test_instance_yaml_is_valid_dagster_config(tmp_path: Path) -> None:
     assert all(isinstance(v, dict) and "env" in v for k, v in pg.items() if k not in ("port", "scheme")), \
         "connection settings and secrets come from the environment"
     assert pg["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
+    # A killed run's gpu slot is freed by the monitoring daemon (tests/test_dead_run_slots.py).
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
 
 
 def test_compose_services_ports_and_env() -> None:
@@ -80,6 +83,8 @@ def test_helm_values_match_the_code() -> None:
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
     assert isinstance(values["concurrency"]["pools"]["defaultLimit"], int)
+    monitoring = values["dagsterDaemon"]["runMonitoring"]  # the chart writes it to run_monitoring
+    assert monitoring["enabled"] is True and monitoring["freeSlotsAfterRunEndSeconds"] > 0
     deployment = values["dagster-user-deployments"]["deployments"][0]
     args = deployment["dagsterApiGrpcArgs"]
     module, attr = args[args.index("-m") + 1], args[args.index("-a") + 1]
