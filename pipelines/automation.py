@@ -17,6 +17,12 @@ Policy
   Its limit is 1 by default (one GPU; set ``PRMFORGE_GPU_POOL_LIMIT`` or
   ``dagster instance concurrency set gpu N``). The same steps carry the
   ``dagster-k8s/config`` op tag that asks Kubernetes for one GPU per step pod.
+  A run whose process dies does not keep its slot: the CLI reaps its own
+  dead in-process runs (``prmforge.cli.reap_dead_runs``) and the instance
+  configs enable run monitoring with ``free_slots_after_run_end_seconds``.
+* **Backfills.** The cheap seed stage runs a backfill over many datasets as
+  one run (``SINGLE_RUN_BACKFILL_ASSETS``); every other stage runs one
+  dataset per run so backfills fan out across the gpu pool.
 * **Retries.** Steps that reach S3, MLflow or an OpenAI-compatible server
   retry with exponential backoff and jitter. Every stage is idempotent
   (atomic writes, resumable shards, content-addressed versions), so a retry

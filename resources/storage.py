@@ -29,7 +29,9 @@ class ParquetIOManager(ConfigurableIOManager):
     Path: ``<root>/datasets/<asset name>/<partition key>/data.parquet``. The
     dataset's declared schema (``prmforge.schemas``) is enforced on write and
     the write is atomic. Loading several partitions (e.g. ``prm_model`` reading
-    every dataset's labels) concatenates them into one table.
+    every dataset's labels) concatenates them into one table. An output of a
+    run over a partition range is refused (one table has no per-partition
+    split; see ``handle_output``).
     """
 
     storage: StorageResource
@@ -42,6 +44,16 @@ class ParquetIOManager(ConfigurableIOManager):
             return
         if not isinstance(obj, pa.Table):
             raise TypeError(f"{self._name(context)}: ParquetIOManager stores pyarrow.Table, got {type(obj).__name__}")
+        if context.has_asset_partitions and not context.has_partition_key:
+            # A run over a partition range (a single-run backfill). One table cannot be
+            # split by partition here, and writing it unpartitioned would silently put
+            # it at the wrong path. Assets that handle ranges write and report each
+            # partition themselves (assets/seed.py).
+            raise ValueError(
+                f"{self._name(context)}: ParquetIOManager stores one partition per output, but this run covers "
+                f"{len(context.asset_partition_keys)} partitions; the asset must handle the range itself "
+                "(see assets/seed.py) or run one partition per run"
+            )
         partition = context.partition_key if context.has_partition_key else None
         url = self.storage.get().write_dataset(self._name(context), obj, partition)
         context.add_output_metadata({"path": url, "rows": obj.num_rows})

@@ -168,3 +168,27 @@ def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
                 dg.AssetKey(name), GOOD, before)
             assert changed == ({"beta"} if name == SEED else set()), name
         assert storage.read_dataset(SEED, "beta").num_rows == 2
+
+
+def test_io_manager_refuses_a_range_output_instead_of_writing_it_unpartitioned(local_root: str) -> None:
+    """A plain table output over a partition range must fail loudly, never land at the unpartitioned path."""
+    import pyarrow as pa
+
+    from assets.partitions import dataset_partitions
+    from resources import build_resources
+    from resources.storage import StorageResource
+
+    @dg.asset(name="range_table", partitions_def=dataset_partitions)
+    def range_table():  # noqa: ANN202 - a local annotation would not resolve (postponed annotations)
+        return pa.table({"x": [1]})
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, ["a", "b"])
+        result = dg.materialize([range_table], instance=instance, raise_on_error=False,
+                                resources=build_resources(storage=StorageResource(root=local_root)),
+                                tags={ASSET_PARTITION_RANGE_START_TAG: "a", ASSET_PARTITION_RANGE_END_TAG: "b"})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "this run covers 2 partitions" in failure.event_specific_data.error.to_string()
+    storage = Storage(local_root)
+    assert not storage.exists(storage.path("datasets", "range_table"))
