@@ -58,3 +58,78 @@ def test_unknown_local_path_and_offline_hub_id(monkeypatch: pytest.MonkeyPatch) 
         load_backbone("/no/such/model")
     with pytest.raises(ModelSourceError, match="offline"):
         load_backbone("someone/not-a-cached-model")
+
+
+def _manual_step_stats(model: ProcessRewardModel, tok, problem: str, steps: list[str]) -> list[list[float]]:
+    """Per-step surprisal statistics computed the slow, obvious way (one token at a time)."""
+    from prmforge.prm.model import format_prompt
+
+    ids = tok(format_prompt(problem), add_special_tokens=False)["input_ids"]
+    spans = []
+    for st in steps:
+        s_ids = tok(st, add_special_tokens=False)["input_ids"]
+        spans.append((len(ids), len(ids) + len(s_ids)))
+        ids = ids + s_ids + [model.config.step_token_id]
+    with torch.no_grad():
+        logits = model.backbone(input_ids=torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    out = []
+    for a, b in spans:
+        tl = [float(lp[t - 1, ids[t]]) for t in range(a, b)]
+        gaps = [float(lp[t - 1, ids[t]] - lp[t - 1].max()) for t in range(a, b)]
+        out.append([min(tl), sum(tl) / len(tl), min(gaps), math.log1p(len(tl))])
+    return out
+
+
+def test_surprisal_features_match_a_token_by_token_computation(tmp_path: Path) -> None:
+    from prmforge.prm.data import collate, encode_example
+    from prmforge.prm.model import format_prompt, surprisal_features
+
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8)
+    model.eval()
+    items = [("Tom has 3 apples.", ["3 + 4 = 7", "7 - 2 = 5", "The answer is 5."]),
+             ("Sam has 8 apples.", ["8 x 3 = 24"])]
+    encoded = [encode_example(tok, format_prompt(p), s, model.config.step_token_id, 96) for p, s in items]
+    batch = collate(encoded, tok.pad_token_id)  # the second row is padded
+    with torch.no_grad():
+        logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    feats = surprisal_features(logits, batch["input_ids"], batch["step_mask"], model.config.step_token_id)
+    for row, ((problem, steps), ex) in enumerate(zip(items, encoded, strict=True)):
+        expected = _manual_step_stats(model, tok, problem, steps)
+        got = [v for pos in ex.step_positions for v in feats[row, pos].tolist()]
+        assert got == pytest.approx([v for step in expected for v in step], abs=1e-4)
+    # the prompt never counts: changing it changes no step's token count feature
+    assert [feats[0, p, 3].item() for p in encoded[0].step_positions] == pytest.approx(
+        [math.log1p(len(tok(s, add_special_tokens=False)["input_ids"])) for s in items[0][1]])
+
+
+def test_surprisal_prm_round_trip_and_frozen_backbone(tmp_path: Path) -> None:
+    """A surprisal PRM saves and loads (as a causal LM), and ``freeze_backbone`` trains the head only."""
+    from prm_helpers import synthetic_rows
+
+    from prmforge.prm.data import encode_dataset
+    from prmforge.prm.train import TrainConfig, train_prm
+
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8,
+                           step_token_init="\n")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = [p.clone() for p in model.head.parameters()]
+    examples, _ = encode_dataset(tok, synthetic_rows(24), model.config.step_token_id, 96)
+    train_prm(model, examples, TrainConfig(max_steps=3, micro_batch_size=8, freeze_backbone=True,
+                                           checkpoint_every=100), tok.pad_token_id, device="cpu")
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
+    items = [("Tom has 3 apples.", ["3 + 4 = 7", "The answer is 7."])]
+    scores = score_steps(model, tok, items)
+    loaded, tok2 = ProcessRewardModel.load(model.save(tmp_path / "prm", tok))
+    assert loaded.config.surprisal and loaded.config.head_hidden == 8
+    assert score_steps(loaded, tok2, items)[0] == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_step_token_starts_as_the_policy_separator(tmp_path: Path) -> None:
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=64, step_token_init="\n")
+    emb = model.backbone.get_input_embeddings().weight
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1
+    assert torch.equal(emb[model.config.step_token_id], emb[newline[0]])

@@ -31,6 +31,7 @@ class EncodedExample:
     step_positions: list[int]
     n_steps: int
     n_dropped_steps: int
+    prompt_len: int = 0  # tokens before the first step (prompt, and BOS if any)
 
     @property
     def n_kept_steps(self) -> int:
@@ -97,6 +98,7 @@ def encode_example(
         raise ValueError(f"{len(labels)} labels for {len(steps)} steps")
     ids: list[int] = [bos_token_id] if bos_token_id is not None else []
     ids += _ids(tokenizer, prompt)
+    prompt_len = len(ids)
     targets: list[float] = [float(IGNORE_INDEX)] * len(ids)
     positions: list[int] = []
     kept = 0
@@ -112,7 +114,7 @@ def encode_example(
     if len(ids) > max_length:
         # The prompt alone does not fit: keep nothing rather than a cut prompt.
         ids, targets, positions, kept = ids[:max_length], [float(IGNORE_INDEX)] * max_length, [], 0
-    return EncodedExample(ids, targets, positions, len(steps), len(steps) - kept)
+    return EncodedExample(ids, targets, positions, len(steps), len(steps) - kept, min(prompt_len, len(ids)))
 
 
 def encode_dataset(
@@ -160,20 +162,26 @@ def encode_dataset(
 
 
 def collate(batch: Sequence[EncodedExample], pad_token_id: int, hard_labels: bool = True) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padding is masked in attention and in the labels."""
+    """Right-pad a batch; padding is masked in attention and in the labels.
+
+    ``step_mask`` marks step tokens (after the prompt, before padding): the
+    surprisal features of a PRM are computed over those only.
+    """
     width = max(len(ex.input_ids) for ex in batch)
     n = len(batch)
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
+    step_mask = torch.zeros((n, width), dtype=torch.bool)
     labels = torch.full((n, width), float(IGNORE_INDEX), dtype=torch.float32)
     for i, ex in enumerate(batch):
         length = len(ex.input_ids)
         input_ids[i, :length] = torch.tensor(ex.input_ids, dtype=torch.long)
         attention[i, :length] = 1
+        step_mask[i, ex.prompt_len:length] = True
         labels[i, :length] = torch.tensor(ex.labels, dtype=torch.float32)
     if hard_labels:
         mask = labels != IGNORE_INDEX
         hard = torch.full_like(labels, IGNORE_INDEX, dtype=torch.long)
         hard[mask] = (labels[mask] >= 0.5).long()
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": hard}
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention, "step_mask": step_mask, "labels": hard}
+    return {"input_ids": input_ids, "attention_mask": attention, "step_mask": step_mask, "labels": labels}

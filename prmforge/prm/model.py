@@ -55,6 +55,8 @@ class PRMConfig:
     max_length: int = 512
     prompt_format: Literal["world", "raw"] = "world"
     base_model: str = ""
+    surprisal: bool = False  # head also reads the backbone LM's per-step token log-prob statistics
+    head_hidden: int = 0  # 0: linear head; N: one hidden layer of N units
 
 
 def format_prompt(problem: str, prompt_format: str = "world") -> str:
@@ -120,9 +122,13 @@ def resolve_model_dir(ref: str) -> Path | str:
     return ref  # a hub id; from_pretrained resolves it (offline → clear error below)
 
 
-def load_backbone(ref: str, trust_remote_code: bool = False):
-    """``(AutoModel, tokenizer)`` for a hub id, local folder or storage URI, safetensors only."""
-    from transformers import AutoModel, AutoTokenizer
+def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = False):
+    """``(AutoModel, tokenizer)`` for a hub id, local folder or storage URI, safetensors only.
+
+    ``causal_lm`` loads ``AutoModelForCausalLM`` instead (the LM head is kept for
+    surprisal features).
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     where = resolve_model_dir(ref)
     if isinstance(where, Path):
@@ -131,7 +137,8 @@ def load_backbone(ref: str, trust_remote_code: bool = False):
     local_only = {} if isinstance(where, Path) else {"local_files_only": True}
     try:
         tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code, **local_only)
-        model = AutoModel.from_pretrained(str(where), use_safetensors=True, trust_remote_code=trust_remote_code,
+        cls = AutoModelForCausalLM if causal_lm else AutoModel
+        model = cls.from_pretrained(str(where), use_safetensors=True, trust_remote_code=trust_remote_code,
                                           dtype=torch.float32, **local_only)
     except OSError as exc:
         hint = (" (hub ids load from the local Hugging Face cache only, offline: pass a local path or "
@@ -157,24 +164,94 @@ def ensure_step_token(tokenizer, backbone: nn.Module | None = None, step_token: 
 
 
 # ---- the model ------------------------------------------------------------------
+N_SURPRISAL_FEATURES = 4
+
+
+def surprisal_features(logits: torch.Tensor, input_ids: torch.Tensor, step_mask: torch.Tensor,
+                       step_token_id: int) -> torch.Tensor:
+    """Per-position statistics of the LM's surprise at the tokens of the step each position belongs to.
+
+    Why: a wrong step is, very often, a step its own policy found unlikely: an
+    arithmetic slip is a low-probability result token, a used distractor a
+    low-probability operand. On the world benchmark the untrained policy's minimum
+    token probability per step already separates right from wrong steps with
+    AUC 0.96 (docs/prm.md); a hidden-state head alone must learn that comparison
+    from scratch and did not, on the data a CPU run affords.
+
+    ``step_mask`` marks the tokens of step text (not the prompt, separators or
+    padding). Returns ``[B, T, 4]``: for every position, over the tokens of its
+    step (a separator closes the step before it): min and mean of log p(token),
+    min of log p(token) - max log p at that position, and log(1 + tokens).
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
+    tok_lp = torch.zeros(input_ids.shape, dtype=lp.dtype, device=lp.device)
+    gap = torch.zeros_like(tok_lp)
+    prev = lp[:, :-1]
+    picked = prev.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    tok_lp[:, 1:] = picked
+    gap[:, 1:] = picked - prev.max(dim=-1).values
+    is_sep = (input_ids == step_token_id).long()
+    seg = torch.cumsum(is_sep, dim=1) - is_sep  # step index; a separator belongs to the step it closes
+    mask = step_mask.bool() & (is_sep == 0)
+    mask[:, 0] = False
+    b, t = input_ids.shape
+    index = (torch.arange(b, device=seg.device)[:, None] * t + seg).reshape(-1)
+    flat_mask = mask.reshape(-1)
+    idx = index[flat_mask]
+
+    def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
+        out = torch.zeros(b * t, dtype=values.dtype, device=values.device)
+        return out.scatter_reduce(0, idx, values.reshape(-1)[flat_mask], reduce=how, include_self=how == "amin")
+
+    count = torch.zeros(b * t, dtype=lp.dtype, device=lp.device).index_add(
+        0, idx, torch.ones_like(idx, dtype=lp.dtype))
+    feats = torch.stack([reduce(tok_lp, "amin"), reduce(tok_lp, "sum") / count.clamp(min=1),
+                         reduce(gap, "amin"), torch.log1p(count)], dim=-1)  # [B*T, F] per (row, step)
+    return feats[index].reshape(b, t, N_SURPRISAL_FEATURES)
+
+
 class ProcessRewardModel(nn.Module):
-    """Backbone hidden states → per-position logits; scores are read at separators."""
+    """Backbone hidden states (and optionally LM surprisal features) → per-position logits.
+
+    Scores are read at separators. With ``config.surprisal`` the backbone is a causal
+    LM and the head also sees :func:`surprisal_features` of the step just closed.
+    """
 
     def __init__(self, backbone: nn.Module, config: PRMConfig, seed: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
         hidden = backbone.config.hidden_size
+        n_in = hidden + (N_SURPRISAL_FEATURES if config.surprisal else 0)
+        n_out = 2 if config.head == "two_class" else 1
         gen = torch.Generator().manual_seed(seed)
-        self.head = nn.Linear(hidden, 2 if config.head == "two_class" else 1)
+        if config.head_hidden:
+            self.head = nn.Sequential(nn.Linear(n_in, config.head_hidden), nn.GELU(),
+                                      nn.Linear(config.head_hidden, n_out))
+        else:
+            self.head = nn.Sequential(nn.Linear(n_in, n_out))
         with torch.no_grad():
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 0.02)
-            self.head.bias.zero_()
+            for layer in self.head:
+                if isinstance(layer, nn.Linear):
+                    std = 0.02 if layer.out_features == n_out else 1.0 / math.sqrt(layer.in_features)
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * std)
+                    layer.bias.zero_()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out.last_hidden_state
-        return self.head(hidden.to(self.head.weight.dtype))
+    @property
+    def head_dtype(self) -> torch.dtype:
+        return self.head[0].weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                step_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.config.surprisal:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+            return self.head(out.last_hidden_state.to(self.head_dtype))
+        if step_mask is None:
+            raise ValueError("a surprisal PRM needs step_mask (see prmforge.prm.data.collate)")
+        hidden = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.backbone.get_output_embeddings()(hidden)
+        feats = surprisal_features(logits, input_ids, step_mask, self.config.step_token_id)
+        return self.head(torch.cat([hidden.to(self.head_dtype), feats.to(self.head_dtype)], dim=-1))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """P(step is correct) from logits of either head kind."""
@@ -202,24 +279,55 @@ class ProcessRewardModel(nn.Module):
             raise ModelSourceError(f"{ref} is not a saved PRM folder (no {CONFIG_FILE})")
         check_no_pickle(where)
         config = PRMConfig(**json.loads((where / CONFIG_FILE).read_text()))
-        backbone, tok = load_backbone(str(where), trust_remote_code)
+        backbone, tok = load_backbone(str(where), trust_remote_code, causal_lm=config.surprisal)
         model = cls(backbone, config)
-        model.head.load_state_dict(load_file(str(where / HEAD_FILE)))
+        state = load_file(str(where / HEAD_FILE))
+        if "weight" in state:  # saved before the head became a Sequential (a single Linear)
+            state = {f"0.{k}": v for k, v in state.items()}
+        model.head.load_state_dict(state)
         model.eval()
         return model, tok
 
 
+def init_step_embedding(tokenizer, backbone: nn.Module, step_token_id: int, like: str | None) -> bool:
+    """Copy the input embedding of ``like`` (the policy's own step separator) onto the step token.
+
+    Why: the policy never saw ``<|step|>``, so its embedding is untrained noise that
+    every later step attends to. Starting it as the separator the policy was trained
+    with (``\\n`` in the world) puts the backbone exactly in its training distribution
+    at step 0, and fine-tuning starts from features that already track the solution.
+    Returns False (and changes nothing) when ``like`` is not a single token.
+    """
+    if not like:
+        return False
+    ids = tokenizer(like, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        return False
+    emb = backbone.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[step_token_id].copy_(emb[ids[0]])
+    return True
+
+
 def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 512, seed: int = 0,
-              prompt_format: str = "world", trust_remote_code: bool = False) -> tuple[ProcessRewardModel, object]:
-    """A fresh PRM on ``base_model``: the step token is added if the tokenizer lacks it."""
+              prompt_format: str = "world", trust_remote_code: bool = False,
+              step_token_init: str | None = None, surprisal: bool = False,
+              head_hidden: int = 0) -> tuple[ProcessRewardModel, object]:
+    """A fresh PRM on ``base_model``: the step token is added if the tokenizer lacks it.
+
+    ``step_token_init``: text whose (single-token) embedding the step token starts from
+    (see :func:`init_step_embedding`); None keeps the backbone's own.
+    """
     torch.manual_seed(seed)
-    backbone, tok = load_backbone(base_model, trust_remote_code)
+    backbone, tok = load_backbone(base_model, trust_remote_code, causal_lm=surprisal)
     tid = ensure_step_token(tok, backbone)
+    init_step_embedding(tok, backbone, tid, step_token_init)
     limit = getattr(backbone.config, "max_position_embeddings", None)
     if limit:  # never format past what the backbone was built for
         max_length = min(max_length, int(limit))
     cfg = PRMConfig(head=head, step_token=STEP_TOKEN, step_token_id=tid, max_length=max_length,
-                    prompt_format=prompt_format, base_model=base_model)  # type: ignore[arg-type]
+                    prompt_format=prompt_format, base_model=base_model,  # type: ignore[arg-type]
+                    surprisal=surprisal, head_hidden=head_hidden)
     return ProcessRewardModel(backbone, cfg, seed=seed), tok
 
 
@@ -254,7 +362,8 @@ def score_steps(
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = collate([encoded[i] for i in idx], pad)
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                       batch["step_mask"].to(device))
         probs = model.probabilities(logits).cpu()
         for row, i in enumerate(idx):
             ex = encoded[i]

@@ -53,7 +53,7 @@ def train_config(s: PRMTrainSettings) -> TrainConfig:
                        epochs=s.epochs, max_steps=s.max_steps, micro_batch_size=s.micro_batch_size,
                        grad_accum=s.grad_accum, group_by_length=s.group_by_length,
                        backbone_lr_ratio=s.backbone_lr_ratio, class_balance=s.class_balance,
-                       max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16,
+                       max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16, freeze_backbone=s.freeze_backbone,
                        checkpoint_every=s.checkpoint_every)
 
 
@@ -81,7 +81,8 @@ def fit(
     changed input never resumes from a stale checkpoint.
     """
     model, tok = build_prm(base_model, head=s.head, max_length=s.max_length, seed=s.seed,
-                           trust_remote_code=s.trust_remote_code)
+                           trust_remote_code=s.trust_remote_code, step_token_init=s.step_token_init,
+                           surprisal=s.surprisal, head_hidden=s.head_hidden)
     examples, stats = encode_dataset(tok, rows, model.config.step_token_id, s.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None

@@ -15,7 +15,7 @@ class PRMTrainSettings(BaseModel):
     head: Literal["two_class", "scalar"] = "two_class"
     loss: Literal["ce", "bce", "mse"] = "ce"
     max_length: int = 256
-    lr: float = 5e-4
+    lr: float = 3e-3  # the head's; the backbone gets lr x backbone_lr_ratio
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     epochs: float = 3.0
@@ -24,12 +24,19 @@ class PRMTrainSettings(BaseModel):
     grad_accum: int = 1
     group_by_length: int = 8
     class_balance: bool = Field(True, description="weigh right and wrong steps equally in the loss")
-    backbone_lr_ratio: float = Field(1.0, description="backbone lr = lr x this (head uses lr)")
+    backbone_lr_ratio: float = Field(0.03, description="backbone lr = lr x this (head uses lr); small, so the "
+                                     "surprisal features stay close to the base LM's")
     max_grad_norm: float = 1.0
     seed: int = 0
     bf16: bool = True
     checkpoint_every: int = 50
     trust_remote_code: bool = False
+    surprisal: bool = Field(True, description="the head also reads the backbone LM's per-step token "
+                            "log-prob statistics (needs a causal LM base model)")
+    head_hidden: int = Field(64, ge=0, description="hidden units of the head (0: linear)")
+    freeze_backbone: bool = Field(False, description="train only the head")
+    step_token_init: str | None = Field("\n", description="start the step token's embedding as this single token "
+                                        "(the policy's step separator); None keeps the backbone's")
 
 
 class PRMEvalSettings(BaseModel):

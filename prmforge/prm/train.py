@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = 2
     backbone_lr_ratio: float = 1.0
     class_balance: bool = True
+    freeze_backbone: bool = False  # train the head only (the backbone stays the base model)
     group_by_length: int = 8  # windows of N global batches sorted by length (1 = off)
 
 
@@ -329,6 +330,9 @@ def train_prm(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model.to(device).train()
+    if cfg.freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
     total = total_steps(len(examples), cfg, world)
     warmup = int(cfg.warmup_ratio * total)
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
@@ -381,7 +385,7 @@ def train_prm(
             sync = i == len(batches) - 1 or world == 1
             ctx = wrapped.no_sync() if (world > 1 and not sync) else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = wrapped(batch["input_ids"], batch["attention_mask"])
+                logits = wrapped(batch["input_ids"], batch["attention_mask"], batch["step_mask"])
                 loss_sum, _ = prm_loss(logits, batch["labels"], cfg.loss, weights)
                 (loss_sum / norm).backward()
             step_loss += float(loss_sum.detach())
