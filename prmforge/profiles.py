@@ -45,14 +45,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "ingest": {"world_difficulty": "easy"},
     },
     "world": {
-        "ingest": {"world_size": 1000},
-        "policy": {"difficulty": "standard", "n_train_problems": 60000, "hidden_size": 192,
-                   "intermediate_size": 512, "num_layers": 4, "num_heads": 6, "train_steps": 4000,
-                   "calib_problems": 1000},
+        # Volume, not a bigger policy: the demo's policy (same settings, so one training serves
+        # both; easy world, 52% at T=1.0) rolled out 8 times on 1,500 problems gives ~12,000
+        # labelled rollouts, about 20x the demo's. Measured in docs/prm.md.
+        "ingest": {"world_size": 1500, "world_difficulty": "easy"},
         "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
         "rollouts": {"n": 8, "shard_size": 128},
         "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256},
-        "prm_model": {"epochs": 4.0, "max_steps": None, "micro_batch_size": 32, "lr": 5e-4,
+        "prm_model": {"epochs": 3.0, "max_steps": None, "micro_batch_size": 32,
                       "checkpoint_every": 100},
         "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
     },
