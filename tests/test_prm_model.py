@@ -133,3 +133,31 @@ def test_step_token_starts_as_the_policy_separator(tmp_path: Path) -> None:
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     assert len(newline) == 1
     assert torch.equal(emb[model.config.step_token_id], emb[newline[0]])
+
+
+def test_surprisal_reference_stays_frozen_and_round_trips(tmp_path: Path) -> None:
+    """With a reference LM the backbone trains while the features' source stays the base model."""
+    from prm_helpers import synthetic_rows
+
+    from prmforge.prm.data import encode_dataset
+    from prmforge.prm.model import REFERENCE_DIR
+    from prmforge.prm.train import TrainConfig, train_prm
+
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8,
+                           step_token_init="\n", surprisal_reference=True)
+    assert model.reference is not None
+    ref_before = {k: v.clone() for k, v in model.reference.state_dict().items()}
+    bb_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    examples, _ = encode_dataset(tok, synthetic_rows(24), model.config.step_token_id, 96)
+    train_prm(model, examples, TrainConfig(max_steps=3, micro_batch_size=8, checkpoint_every=100),
+              tok.pad_token_id, device="cpu")
+    assert not model.reference.training
+    assert all(torch.equal(ref_before[k], v) for k, v in model.reference.state_dict().items())
+    assert any(not torch.equal(bb_before[k], v) for k, v in model.backbone.state_dict().items())
+    items = [("Tom has 3 apples.", ["3 + 4 = 7", "The answer is 7."])]
+    scores = score_steps(model, tok, items)
+    folder = model.save(tmp_path / "prm", tok)
+    assert (folder / REFERENCE_DIR / "model.safetensors").exists()
+    loaded, tok2 = ProcessRewardModel.load(folder)
+    assert loaded.config.surprisal_reference and loaded.reference is not None
+    assert score_steps(loaded, tok2, items)[0] == pytest.approx(scores[0], abs=1e-6)

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - only before the tokenizer module lands
     STEP_TOKEN = "<|step|>"
 
 HEAD_FILE = "prm_head.safetensors"
+REFERENCE_DIR = "reference"
 CONFIG_FILE = "prm_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -57,6 +58,7 @@ class PRMConfig:
     base_model: str = ""
     surprisal: bool = False  # head also reads the backbone LM's per-step token log-prob statistics
     head_hidden: int = 0  # 0: linear head; N: one hidden layer of N units
+    surprisal_reference: bool = False  # surprisal from a frozen copy of the base LM (saved in reference/)
 
 
 def format_prompt(problem: str, prompt_format: str = "world") -> str:
@@ -122,7 +124,7 @@ def resolve_model_dir(ref: str) -> Path | str:
     return ref  # a hub id; from_pretrained resolves it (offline → clear error below)
 
 
-def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = False):
+def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = False, tokenizer=None):
     """``(AutoModel, tokenizer)`` for a hub id, local folder or storage URI, safetensors only.
 
     ``causal_lm`` loads ``AutoModelForCausalLM`` instead (the LM head is kept for
@@ -136,7 +138,8 @@ def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = F
     # Hub ids resolve from the local Hugging Face cache only: nothing downloads at run time.
     local_only = {} if isinstance(where, Path) else {"local_files_only": True}
     try:
-        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code, **local_only)
+        tok = tokenizer or AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code,
+                                                         **local_only)
         cls = AutoModelForCausalLM if causal_lm else AutoModel
         model = cls.from_pretrained(str(where), use_safetensors=True, trust_remote_code=trust_remote_code,
                                           dtype=torch.float32, **local_only)
@@ -214,13 +217,23 @@ class ProcessRewardModel(nn.Module):
     """Backbone hidden states (and optionally LM surprisal features) → per-position logits.
 
     Scores are read at separators. With ``config.surprisal`` the backbone is a causal
-    LM and the head also sees :func:`surprisal_features` of the step just closed.
+    LM and the head also sees :func:`surprisal_features` of the step just closed,
+    computed by ``reference`` (a frozen copy of the base LM) when one is given, so
+    the backbone can be fine-tuned at full rate without eroding the features.
     """
 
-    def __init__(self, backbone: nn.Module, config: PRMConfig, seed: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, config: PRMConfig, seed: int = 0,
+                 reference: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
+        if config.surprisal_reference and reference is None:
+            raise ValueError("config.surprisal_reference needs the reference LM")
+        self.reference = reference
+        if reference is not None:
+            reference.eval()
+            for p in reference.parameters():
+                p.requires_grad_(False)
         hidden = backbone.config.hidden_size
         n_in = hidden + (N_SURPRISAL_FEATURES if config.surprisal else 0)
         n_out = 2 if config.head == "two_class" else 1
@@ -237,6 +250,12 @@ class ProcessRewardModel(nn.Module):
                     layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * std)
                     layer.bias.zero_()
 
+    def train(self, mode: bool = True) -> ProcessRewardModel:
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # frozen: never in training mode
+        return self
+
     @property
     def head_dtype(self) -> torch.dtype:
         return self.head[0].weight.dtype
@@ -249,7 +268,11 @@ class ProcessRewardModel(nn.Module):
         if step_mask is None:
             raise ValueError("a surprisal PRM needs step_mask (see prmforge.prm.data.collate)")
         hidden = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.backbone.get_output_embeddings()(hidden)
+        if self.reference is not None:
+            with torch.no_grad():
+                logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
+        else:
+            logits = self.backbone.get_output_embeddings()(hidden)
         feats = surprisal_features(logits, input_ids, step_mask, self.config.step_token_id)
         return self.head(torch.cat([hidden.to(self.head_dtype), feats.to(self.head_dtype)], dim=-1))
 
@@ -265,6 +288,8 @@ class ProcessRewardModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(folder, safe_serialization=True)
+        if self.reference is not None:
+            self.reference.save_pretrained(folder / REFERENCE_DIR, safe_serialization=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(folder / HEAD_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
@@ -280,7 +305,10 @@ class ProcessRewardModel(nn.Module):
         check_no_pickle(where)
         config = PRMConfig(**json.loads((where / CONFIG_FILE).read_text()))
         backbone, tok = load_backbone(str(where), trust_remote_code, causal_lm=config.surprisal)
-        model = cls(backbone, config)
+        reference = None
+        if config.surprisal_reference:
+            reference, _ = load_backbone(str(where / REFERENCE_DIR), trust_remote_code, causal_lm=True, tokenizer=tok)
+        model = cls(backbone, config, reference=reference)
         state = load_file(str(where / HEAD_FILE))
         if "weight" in state:  # saved before the head became a Sequential (a single Linear)
             state = {f"0.{k}": v for k, v in state.items()}
@@ -312,7 +340,7 @@ def init_step_embedding(tokenizer, backbone: nn.Module, step_token_id: int, like
 def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 512, seed: int = 0,
               prompt_format: str = "world", trust_remote_code: bool = False,
               step_token_init: str | None = None, surprisal: bool = False,
-              head_hidden: int = 0) -> tuple[ProcessRewardModel, object]:
+              head_hidden: int = 0, surprisal_reference: bool = False) -> tuple[ProcessRewardModel, object]:
     """A fresh PRM on ``base_model``: the step token is added if the tokenizer lacks it.
 
     ``step_token_init``: text whose (single-token) embedding the step token starts from
@@ -322,13 +350,19 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 5
     backbone, tok = load_backbone(base_model, trust_remote_code, causal_lm=surprisal)
     tid = ensure_step_token(tok, backbone)
     init_step_embedding(tok, backbone, tid, step_token_init)
+    reference = None
+    if surprisal and surprisal_reference:
+        import copy
+
+        reference = copy.deepcopy(backbone)  # the base LM as the PRM starts, step token included
     limit = getattr(backbone.config, "max_position_embeddings", None)
     if limit:  # never format past what the backbone was built for
         max_length = min(max_length, int(limit))
     cfg = PRMConfig(head=head, step_token=STEP_TOKEN, step_token_id=tid, max_length=max_length,
                     prompt_format=prompt_format, base_model=base_model,  # type: ignore[arg-type]
-                    surprisal=surprisal, head_hidden=head_hidden)
-    return ProcessRewardModel(backbone, cfg, seed=seed), tok
+                    surprisal=surprisal, head_hidden=head_hidden,
+                    surprisal_reference=surprisal and surprisal_reference)
+    return ProcessRewardModel(backbone, cfg, seed=seed, reference=reference), tok
 
 
 # ---- scoring ----------------------------------------------------------------------

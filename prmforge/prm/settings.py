@@ -33,6 +33,8 @@ class PRMTrainSettings(BaseModel):
     trust_remote_code: bool = False
     surprisal: bool = Field(True, description="the head also reads the backbone LM's per-step token "
                             "log-prob statistics (needs a causal LM base model)")
+    surprisal_reference: bool = Field(False, description="compute the surprisal features with a frozen copy "
+                                      "of the base LM (saved with the PRM), so the backbone can train at full rate")
     head_hidden: int = Field(64, ge=0, description="hidden units of the head (0: linear)")
     freeze_backbone: bool = Field(False, description="train only the head")
     step_token_init: str | None = Field("\n", description="start the step token's embedding as this single token "
