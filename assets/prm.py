@@ -53,6 +53,10 @@ class PRMModelConfig(Config):
     micro_batch_size: int | None = None
     max_length: int | None = None
     seed: int | None = None
+    backbone_lr_ratio: float | None = None
+    surprisal: bool | None = None
+    surprisal_reference: bool | None = None
+    freeze_backbone: bool | None = None
 
 
 class PRMEvalConfig(Config):
