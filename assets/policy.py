@@ -1,4 +1,11 @@
-"""``policy_model`` (train or reuse the bootstrap policy) and ``world_benchmark``.
+"""``policy_model`` (train or reuse the bootstrap policy), ``prm_base_model`` and ``world_benchmark``.
+
+``prm_base_model`` is the language model the PRM starts from. It is trained by
+the same code as the policy, from the ``policy`` settings with the profile's
+``prm_base`` entries on top; with none (tiny, demo) its config hash equals the
+policy's, so it *is* the policy folder, reused at no cost. The world profile
+trains it longer: a verifier that knows more than the policy it reranks
+(docs/prm.md says why and what it measured).
 
 Thin wrappers around :mod:`prmforge.policy`. The model folder lives at
 ``<root>/models/policy/<config hash>/`` and is reused while its settings and
@@ -32,6 +39,7 @@ from prmforge.policy import PolicySettings
 from prmforge.policy.benchmark import BenchmarkSettings, build_world_benchmark
 from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
 from prmforge.policy.store import PolicyBuild, ensure_policy
+from prmforge.profiles import PROFILES
 from resources.mlflow import MLflowResource
 from resources.settings import SettingsResource
 from resources.storage import StorageResource
@@ -96,12 +104,16 @@ def _log_mlflow(mlflow: MLflowResource, build: PolicyBuild) -> str:
         return run.info.run_id
 
 
+def _calibration_check(asset_name: str) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        "calibration_in_band", asset=asset_name, blocking=False,
+        description=f"accuracy in {ACCURACY_BAND[0]:.0%}-{ACCURACY_BAND[1]:.0%} at T=1.0 and arithmetic and "
+        f"logic each >= {MIN_KIND_SHARE:.0%} of wrong solutions (WARN: a policy outside the band still works)")
+
+
 @asset(
     group_name="policy",
-    check_specs=[AssetCheckSpec(
-        "calibration_in_band", asset="policy_model", blocking=False,
-        description=f"accuracy in {ACCURACY_BAND[0]:.0%}-{ACCURACY_BAND[1]:.0%} at T=1.0 and arithmetic and "
-        f"logic each >= {MIN_KIND_SHARE:.0%} of wrong solutions (WARN: a policy outside the band still works)")],
+    check_specs=[_calibration_check("policy_model")],
     description="Bootstrap policy: small Llama trained from scratch on gold world solutions (HF folder: "
     "config.json, model.safetensors, tokenizer). Path: <root>/models/policy/<config hash>/",
 )
@@ -114,8 +126,33 @@ def policy_model(
 ) -> MaterializeResult:
     """Train (or reuse when unchanged) and calibrate the bootstrap policy."""
     ps = settings.stage(PolicySettings, "policy", **config.model_dump(exclude={"force_retrain"}))
+    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow)
+
+
+@asset(
+    group_name="policy",
+    check_specs=[_calibration_check("prm_base_model")],
+    description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base` entries. "
+    "Without any it is the policy's own folder (same config hash, reused). Path: <root>/models/policy/<hash>/",
+)
+def prm_base_model(
+    context: AssetExecutionContext,
+    config: PolicyConfig,
+    settings: SettingsResource,
+    storage: StorageResource,
+    mlflow: MLflowResource,
+) -> MaterializeResult:
+    """Train (or reuse) the PRM's base LM; the policy itself unless the profile asks for more."""
+    overrides = {**PROFILES[settings.profile].get("prm_base", {}),
+                 **{k: v for k, v in config.model_dump(exclude={"force_retrain"}).items() if v is not None}}
+    ps = settings.stage(PolicySettings, "policy", **overrides)
+    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow)
+
+
+def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: bool, settings: SettingsResource,
+                    storage: StorageResource, mlflow: MLflowResource) -> MaterializeResult:
     with tempfile.TemporaryDirectory(prefix="prmforge-policy-") as work:
-        build = ensure_policy(storage.get(), ps, work, force=config.force_retrain, log=context.log.info)
+        build = ensure_policy(storage.get(), ps, work, force=force, log=context.log.info)
     cal = build.calibration
     run_id = _find_run(mlflow, build.config_hash) if build.reused else None
     if run_id is None:

@@ -116,12 +116,12 @@ def _mlflow_run(context: AssetExecutionContext, mlflow: MLflowResource, name: st
 
 
 def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
-    return upstream_uri(context, "policy_model") if s.base_model == "policy" else s.base_model
+    return upstream_uri(context, "prm_base_model") if s.base_model == "policy" else s.base_model
 
 
 @asset(
     ins={"consensus_labels": AssetIn(partition_mapping=AllPartitionMapping())},
-    deps=["policy_model"],
+    deps=["prm_base_model"],
     group_name="prm",
     description="PRM (policy backbone + step head) trained on the consensus labels of all (or the configured) "
     "dataset partitions; weights in storage and MLflow, passed on as `uri` metadata.",

@@ -55,7 +55,7 @@ DEFAULT_GPU_POOL_LIMIT = 1
 # stage -> asset names, in pipeline order. Jobs, the CLI and the docs use it.
 STAGES: dict[str, list[str]] = {
     "seed": ["seed_problems", "seed_problems_quarantine", "seed_problems_dropped"],
-    "policy": ["policy_model", "world_benchmark"],
+    "policy": ["policy_model", "prm_base_model", "world_benchmark"],
     "rollouts": ["policy_rollouts"],
     "labels": ["mc_step_labels", "judge_step_labels", "consensus_labels"],
     "prm": ["prm_model", "prm_evaluation", "registered_prm"],
@@ -69,6 +69,7 @@ REMOTE_ASSETS = frozenset(
     {
         "seed_problems",
         "policy_model",
+        "prm_base_model",
         "world_benchmark",
         "policy_rollouts",
         "mc_step_labels",
@@ -203,6 +204,7 @@ def conditions() -> dict[str, AutomationCondition]:
     new-dataset sensor and the refresh schedule request it explicitly."""
     out: dict[str, AutomationCondition] = {
         "policy_model": (missing_not_failed() & ~AutomationCondition.in_progress()).with_label("build_if_missing"),
+        "prm_base_model": (missing_not_failed() & ~AutomationCondition.in_progress()).with_label("build_if_missing"),
         "world_benchmark": (missing_not_failed() & ~AutomationCondition.in_progress()).with_label("build_if_missing"),
     }
     for name in ("policy_rollouts", "mc_step_labels", "judge_step_labels", "consensus_labels",

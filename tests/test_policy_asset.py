@@ -124,3 +124,24 @@ def test_select_balanced_caps_at_smaller_class(n_correct):
     samples += [_sample(p, ["1 + 1 = 3."], False) for p in problems]
     chosen = select_balanced(samples, size=100, seed=0)
     assert len(chosen) == 2 * n_correct
+
+
+def test_prm_base_model_is_the_policy_unless_the_profile_asks_for_more(local_root, monkeypatch):
+    """Without ``prm_base`` entries the PRM's base LM is the policy's own folder (no extra training);
+    with them (the world profile's case) it is a separately trained sibling under its own hash."""
+    from assets.policy import prm_base_model
+    from prmforge.profiles import PROFILES
+
+    instance = DagsterInstance.ephemeral()
+    resources = build_resources(storage=StorageResource(root=local_root))
+    assert materialize([policy_model, prm_base_model], resources=resources, instance=instance).success
+    policy, base = _meta(instance, "policy_model"), _meta(instance, "prm_base_model")
+    assert base["uri"] == policy["uri"] and base["config_hash"] == policy["config_hash"]
+    assert base["reused"] is True  # the policy folder, not a second training
+    assert base["mlflow_run_id"] == policy["mlflow_run_id"]
+
+    monkeypatch.setitem(PROFILES["tiny"], "prm_base", {"train_steps": 20, "seed": 3})
+    assert materialize([prm_base_model], resources=resources, instance=instance).success
+    sibling = _meta(instance, "prm_base_model")
+    assert sibling["config_hash"] != policy["config_hash"] and sibling["reused"] is False
+    assert sibling["train_steps"] == 20 and sibling["uri"].endswith(f"models/policy/{sibling['config_hash']}")

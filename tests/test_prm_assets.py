@@ -28,16 +28,25 @@ LABELS_B, _ = world_rows(12, seed=2, dataset="world-b")
 _, BENCH = world_rows(16, seed=3, split="heldout")
 
 
-@asset(name="policy_model")
-def policy_stub(storage: StorageResource) -> MaterializeResult:
+def _stub_backbone(storage: StorageResource) -> str:
     from prmforge.prm.tiny import build_tiny_backbone
     from prmforge.world import generate_problems
 
     texts = CORPUS + [p.problem + "\n" + "\n".join(p.steps) for p in generate_problems(30, 0, "easy")]
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_backbone(Path(tmp) / "m", texts, hidden_size=32, layers=1, vocab_size=400)
-        uri = storage.get().put_dir(Path(tmp) / "m", "models", "policy", "stub")
-    return MaterializeResult(metadata={"uri": uri})
+        return storage.get().put_dir(Path(tmp) / "m", "models", "policy", "stub")
+
+
+@asset(name="policy_model")
+def policy_stub(storage: StorageResource) -> MaterializeResult:
+    return MaterializeResult(metadata={"uri": _stub_backbone(storage)})
+
+
+@asset(name="prm_base_model")
+def prm_base_stub(storage: StorageResource) -> MaterializeResult:
+    """As in the tiny and demo profiles: the PRM starts from the policy itself."""
+    return MaterializeResult(metadata={"uri": _stub_backbone(storage)})
 
 
 @asset(name="world_benchmark")
@@ -51,7 +60,7 @@ def labels_stub(context) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CONSENSUS_SCHEMA)
 
 
-ALL = [policy_stub, bench_stub, labels_stub, prm_model, prm_evaluation, registered_prm]
+ALL = [policy_stub, prm_base_stub, bench_stub, labels_stub, prm_model, prm_evaluation, registered_prm]
 
 
 @pytest.mark.slow
@@ -66,7 +75,7 @@ def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
     for key in ("world-a", "world-b"):
         assert materialize(ALL, selection=[labels_stub], partition_key=key, instance=instance,
                            resources=resources).success
-    res = materialize(ALL, selection=[policy_stub, bench_stub, prm_model, prm_evaluation, registered_prm],
+    res = materialize(ALL, selection=[policy_stub, prm_base_stub, bench_stub, prm_model, prm_evaluation, registered_prm],
                       instance=instance, resources=resources)
     assert res.success
 

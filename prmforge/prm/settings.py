@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 class PRMTrainSettings(BaseModel):
     """``prm_model``: what to train on, from which backbone, and how."""
 
-    base_model: str = Field("policy", description="'policy' (the bootstrap policy), a hub id, local path or URI")
+    base_model: str = Field("policy", description="'policy' (the prm_base_model asset: the policy, or a stronger "
+                            "sibling when the profile's prm_base stage says so), a hub id, local path or URI")
     datasets: list[str] | None = Field(None, description="dataset partitions to train on; None = all")
     head: Literal["two_class", "scalar"] = "two_class"
     loss: Literal["ce", "bce", "mse"] = "ce"
