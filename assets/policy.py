@@ -131,7 +131,8 @@ def policy_model(
 
 @asset(
     group_name="policy",
-    check_specs=[_calibration_check("prm_base_model")],
+    # No calibration band here: the band keeps a *policy* wrong often enough to label; a verifier's
+    # base should know as much as possible (its calibration is still reported as metadata).
     description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base` entries. "
     "Without any it is the policy's own folder (same config hash, reused). Path: <root>/models/policy/<hash>/",
 )
@@ -146,11 +147,11 @@ def prm_base_model(
     overrides = {**PROFILES[settings.profile].get("prm_base", {}),
                  **{k: v for k, v in config.model_dump(exclude={"force_retrain"}).items() if v is not None}}
     ps = settings.stage(PolicySettings, "policy", **overrides)
-    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow)
+    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow, band_check=False)
 
 
 def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: bool, settings: SettingsResource,
-                    storage: StorageResource, mlflow: MLflowResource) -> MaterializeResult:
+                    storage: StorageResource, mlflow: MLflowResource, band_check: bool = True) -> MaterializeResult:
     with tempfile.TemporaryDirectory(prefix="prmforge-policy-") as work:
         build = ensure_policy(storage.get(), ps, work, force=force, log=context.log.info)
     cal = build.calibration
@@ -187,7 +188,7 @@ def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: b
             metadata={"accuracy": cal.accuracy, "arithmetic_share": cal.kind_shares["arithmetic"],
                       "logic_share": cal.kind_shares["logic"],
                       "reasons": MetadataValue.json(cal.reasons)},
-        )],
+        )] if band_check else [],
     )
 
 
