@@ -123,7 +123,7 @@ def test_sigkilled_run_frees_its_gpu_slot_for_the_next_gpu_step(dagster_home: Pa
     worker = threading.Thread(target=lambda: outcome.update(ok=dg.materialize(step, instance=instance).success),
                               daemon=True)
     worker.start()
-    worker.join(60)
+    worker.join(180)
     assert outcome.get("ok") is True, "the next GPU step did not run"
 
 
@@ -226,5 +226,5 @@ def test_daemon_monitoring_frees_the_slot_of_a_killed_launched_run(dagster_home:
         worker_thread = threading.Thread(
             target=lambda: outcome.update(ok=dg.materialize(step_def, instance=instance).success), daemon=True)
         worker_thread.start()
-        worker_thread.join(60)
+        worker_thread.join(180)
         assert outcome.get("ok") is True, "the next GPU step did not run"
