@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -67,8 +68,15 @@ WRITER = textwrap.dedent(
 
 
 def _check_complete(path: str, n: int) -> str:
-    """Read the file with plain pyarrow; it must be one whole version (n rows, one tag)."""
-    t = pq.read_table(path)
+    """Read the file through one open descriptor; it must be one whole version (n rows, one tag).
+
+    One descriptor, as ``Storage.read_parquet`` reads: ``pq.read_table(path)`` stats the
+    path and opens it separately, so a rename between the two pairs the old file's size
+    with the new file's bytes ("Couldn't deserialize thrift"), a race in that reader,
+    not a partial file on disk.
+    """
+    with open(path, "rb") as f:
+        t = pq.read_table(io.BytesIO(f.read()))
     assert t.num_rows == n
     tags = {pid.split("-")[0] for pid in t.column("problem_id").to_pylist()}
     assert len(tags) == 1, tags
