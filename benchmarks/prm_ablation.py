@@ -39,7 +39,6 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from prmforge.prm.metrics import Sample, choose_threshold, processbench_report, split_calibration
     from prmforge.prm.pipeline import evaluate, fit
     from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
 
@@ -49,8 +48,7 @@ def main() -> None:
     base = args.base or policy
     bench = pq.read_table(storage / "datasets" / "world_benchmark" / "data.parquet")
     if args.surprisal_only:
-        print(json.dumps(surprisal_baseline(base, bench.to_pylist(), Sample, choose_threshold, processbench_report,
-                                            split_calibration)))
+        print(json.dumps(surprisal_baseline(base, bench.to_pylist())))
         return
     rows = []
     for part in sorted((storage / "datasets" / "consensus_labels").iterdir()):
@@ -68,12 +66,12 @@ def main() -> None:
                       **{k: round(v, 3) for k, v in m.items() if k.startswith(("world_", "bon8_", "threshold"))}}))
 
 
-def surprisal_baseline(base: str, rows: list[dict], Sample, choose_threshold, processbench_report,
-                       split_calibration) -> dict:
+def surprisal_baseline(base: str, rows: list[dict]) -> dict:
     """Step score = the base LM's minimum token probability over the step; same split and threshold protocol."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from prmforge.prm.metrics import Sample, choose_threshold, processbench_report, split_calibration
     from prmforge.world import prompt_for
 
     tok = AutoTokenizer.from_pretrained(base)
