@@ -1,12 +1,26 @@
 """Final-answer extraction and grading against the gold answer.
 
-Extraction understands the conventions policies actually use: ``\\boxed{...}``
-(nested braces, the last box wins), "The (final) answer is X", GSM8K's
-``#### X`` and ``Answer: X``. Grading first tries exact numeric equivalence
-(integers, decimals, fractions, ``\\frac``, thousands separators, percent,
-currency signs); answers that are not plain numbers (LaTeX expressions,
-intervals, ...) go to ``math_verify`` (falling back to sympy's parser when it
-is missing). Grading never raises: an answer it cannot judge is "incorrect".
+Extraction understands the final-answer conventions of the common sources
+(tested on real lines from GSM8K, MATH and ProcessBench in
+``tests/data/answer_lines.jsonl``):
+
+* ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces; the last box wins);
+* "The (final) answer is X" (also "is: X", ``$X$``, ``\\(X\\)``, ``**X**``);
+* GSM8K's ``#### X``;
+* ``Answer: X``, ``**Answer:** X``, ``Final Answer: X`` and a line ``A: X``
+  (the "Q: ... A: ..." few-shot format);
+* failing all of those, a concluding sentence ("Therefore, ...", "So ...")
+  that states exactly one number: the prose endings of instruct models
+  ("So, Josh made a profit of $195,000."). A sentence with several numbers is
+  ambiguous and gives no answer rather than a guess.
+
+The last match wins: a solution may restate intermediate claims before its
+conclusion. Grading first tries exact numeric equivalence (integers,
+decimals, fractions, ``\\frac``, thousands separators, percent, currency signs
+and trailing units such as ``18 dollars`` or ``5\\text{ cm}``); answers that
+are not plain numbers (LaTeX expressions, intervals, ...) go to
+``math_verify`` (falling back to sympy's parser when it is missing). Grading
+never raises: an answer it cannot judge is "incorrect".
 """
 
 from __future__ import annotations
@@ -18,13 +32,21 @@ from fractions import Fraction
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TAIL_PATTERNS = (
     # lookahead captures: a match consumes only its cue, so a later restatement is found too
-    re.compile(r"[Tt]he\s+(?:final\s+)?answer\s+is\s*:?\s*(?=(.+))"),
+    re.compile(r"[Tt]he\s+(?:final\s+)?answer\s+is\s*\**\s*:?\s*\**\s*(?=(.+))"),
     re.compile(r"####\s*(?=(.+))"),
-    re.compile(r"(?:^|\s)\**Answer\**\s*:\s*(?=(.+))"),
+    re.compile(r"(?:^|\s)\**(?:[Ff]inal\s+)?[Aa]nswer\**\s*:\s*\**\s*(?=(.+))"),
+    re.compile(r"(?m)^\s*\**A\**\s*:\s*\**\s*(?=(.+))"),
 )
+_NUMBER_TEXT = r"-?\$?\s?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
+_CONCLUSION = re.compile(r"(?:^|[.!\n]\s*)(?:Therefore|Thus|Hence|So|In total|In conclusion|Finally)\b[^.!\n]*"
+                         r"(?:\.\d[^.!\n]*)*")
 _NUM = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$|^[-+]?\.\d+$")
 _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*([-+]?\d+)\s*\}$")
 _SLASH = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+# "18 dollars", "5\text{ cm}^2", "4 liters", "30^\circ": a unit after a number
+_UNIT = re.compile(r"^(.*?\d)\s*(?:\\(?:text|mbox|mathrm)\s*\{[^{}]*\}|[A-Za-z]+\.?)(?:\s*\^\s*\{?\d\}?)?"
+                   r"(?:\s+[A-Za-z]+\.?)*$")
+_DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°")
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -48,11 +70,29 @@ def _clean_tail(s: str) -> str:
     s = s.strip().strip("*").strip()
     if s.startswith("$") and s.count("$") >= 2:
         s = s[1 : s.index("$", 1)]
+    elif s.startswith("\\(") and "\\)" in s:
+        s = s[2 : s.index("\\)")]
+    elif s.startswith("\\[") and "\\]" in s:
+        s = s[2 : s.index("\\]")]
+    s = s.strip().strip("*").strip()
     # a sentence may go on after the number ("18 dollars.", "5. So ...")
-    m = re.match(r"^\s*(\$?\s*[-+]?[\d,]*\.?\d+(?:\s*/\s*\d+)?\s*%?)", s)
+    m = re.match(r"^\s*(\\?\$?\s*[-+]?[\d,]*\.?\d+(?:\s*/\s*\d+)?\s*\\?%?)(?![\d\w^{])", s)
     if m and m.group(1).strip():
         return m.group(1).strip()
     return s.rstrip(".").strip()
+
+
+def _concluding_number(text: str) -> str | None:
+    """The one number of the last concluding sentence ("Therefore, he pays $37."), else None."""
+    tail = text.strip()[-600:]
+    tail = re.sub(r"\\[()\[\]]", " ", tail).replace("**", "")
+    matches = list(_CONCLUSION.finditer(tail))
+    if not matches:
+        return None
+    sentence = matches[-1].group(0)
+    nums = re.findall(_NUMBER_TEXT + r"(?![\d.]*\d)", sentence)
+    nums = [n for n in nums if re.search(r"\d", n)]
+    return nums[0].strip() if len(nums) == 1 else None
 
 
 def extract_answer(text: str) -> str | None:
@@ -68,17 +108,23 @@ def extract_answer(text: str) -> str | None:
             if best is None or m.start(1) >= best[0]:
                 best = (m.start(1), m.group(1))
     if best is None:
-        return None
+        return _concluding_number(text)
     ans = _clean_tail(best[1])
     return ans or None
 
 
 def parse_number(s: str) -> tuple[Fraction, bool] | None:
-    """``(value, was_percent)`` of a plain numeric answer, else None."""
+    """``(value, was_percent)`` of a plain numeric answer (units and currency dropped), else None."""
     t = s.strip()
     t = re.sub(r"^\\text\{(.*)\}$", r"\1", t)
+    t = _DEGREES.sub("", t)
+    t = re.sub(r"^\\(?=\d)", "", t)  # "\\15": a "\\$15" that lost its dollar sign
     t = t.replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\,", "").replace("{,}", ",")
+    t = t.replace("\\ ", " ").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     t = t.strip().rstrip(".").strip()
+    unit = _UNIT.match(t)
+    if unit and not re.search(r"[A-Za-z]", re.sub(r"\\frac", "", unit.group(1))):
+        t = unit.group(1).strip()
     percent = False
     if t.endswith("\\%") or t.endswith("%"):
         percent = True
