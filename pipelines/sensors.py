@@ -54,6 +54,7 @@ from dagster import (
 from assets.partitions import DATASETS_PARTITIONS_NAME, dataset_partitions
 from pipelines.jobs import seed_job
 from prmforge.names import InvalidNameError, validate_name
+from prmforge.registry import RegistryError
 from prmforge.storage import Storage
 from resources.storage import StorageResource
 
@@ -148,18 +149,24 @@ def _run_key(dataset: str, files: list[IncomingFile]) -> str:
     return f"incoming-{dataset}-{digest}"
 
 
-def _ensure_registry_entry(dataset: str) -> str | None:
+def _ensure_registry_entry(dataset: str, store: Storage) -> str | None:
     """Register ``dataset`` with ``source: incoming`` if it has no entry.
 
-    Returns a note for the log when an entry was added; an existing entry
-    (e.g. a custom column mapping for that folder) is left as it is.
+    The entry is made from the folder's ``_dataset.yaml`` when there is one
+    (so the user's split is kept) and re-made when that manifest changes.
+    Returns a note for the log when an entry was added or updated; an entry
+    the user wrote with another source is left as it is.
     """
-    from prmforge.registry import add_dataset, load_registry
+    from prmforge.ingest.core import read_manifest
+    from prmforge.registry import add_dataset, incoming_spec, load_registry
 
-    if dataset in load_registry():
+    spec = incoming_spec(dataset, read_manifest(store, dataset))
+    current = load_registry().get(dataset)
+    if current is not None and (current.source != "incoming" or current == spec):
         return None
-    add_dataset(dataset, "incoming", description="added by new_dataset_sensor for files dropped in incoming/")
-    return f"registered {dataset!r} with source 'incoming'"
+    add_dataset(dataset, "incoming", format=spec.format, adapter=spec.adapter, split=spec.split,
+                columns=spec.columns, options=spec.options, description=spec.description, overwrite=True)
+    return f"registered {dataset!r} with source 'incoming', split {spec.split!r}"
 
 
 @sensor(
@@ -192,9 +199,15 @@ def new_dataset_sensor(context: SensorEvaluationContext, storage: StorageResourc
             continue
         new_by_dataset.setdefault(f.dataset, []).append(f)
 
-    notes = [n for d in sorted(new_by_dataset) if (n := _ensure_registry_entry(d))]
-    for note in notes:
-        context.log.info(note)
+    for dataset in sorted(new_by_dataset):
+        try:
+            note = _ensure_registry_entry(dataset, store)
+        except RegistryError as exc:  # a bad manifest holds back its dataset only, until it is fixed
+            context.log.warning(str(exc))
+            new_by_dataset.pop(dataset)
+            continue
+        if note:
+            context.log.info(note)
 
     registry = load_registry()
     known = set(context.instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME))

@@ -1,7 +1,11 @@
 """The dataset registry: dataset key → where its seed problems come from.
 
-The registry is a YAML file (``datasets.yaml`` at the repository root, or
-``PRMFORGE_REGISTRY``)::
+The registry is the shipped, read-only ``datasets.yaml`` at the repository
+root overlaid by the data home's own ``<PRMFORGE_HOME>/datasets.yaml``, where
+``add-dataset`` and the new-dataset sensor write; ``PRMFORGE_REGISTRY`` names
+one file to use instead of both. Files dropped under ``incoming/<key>/`` may
+carry a ``_dataset.yaml`` manifest (split, format, adapter, columns, options,
+description) that their registry entry is made from::
 
     datasets:
       gsm8k-sample:
@@ -33,6 +37,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from prmforge.names import validate_name
+from prmforge.settings import home
 
 REGISTRY_ENV = "PRMFORGE_REGISTRY"
 REPO_REGISTRY = Path(__file__).resolve().parents[1] / "datasets.yaml"
@@ -130,9 +135,13 @@ def bundled_path(spec: DatasetSpec) -> Path:
 
 
 def default_registry_path() -> Path:
-    """``PRMFORGE_REGISTRY`` or ``datasets.yaml`` at the repository root."""
+    """The file new entries go to: ``PRMFORGE_REGISTRY`` or ``<PRMFORGE_HOME>/datasets.yaml``.
+
+    Never the checkout's ``datasets.yaml``: a read-only or container checkout
+    must keep working, and two data homes must not see each other's datasets.
+    """
     env = os.environ.get(REGISTRY_ENV)
-    return Path(env) if env else REPO_REGISTRY
+    return Path(env) if env else home() / "datasets.yaml"
 
 
 def builtin_entries() -> dict[str, DatasetSpec]:
@@ -147,10 +156,22 @@ def builtin_entries() -> dict[str, DatasetSpec]:
 
 
 def load_registry(path: str | Path | None = None) -> dict[str, DatasetSpec]:
-    """All entries of the registry file (the built-in entries if it does not exist)."""
-    p = Path(path) if path else default_registry_path()
+    """All entries the pipeline knows.
+
+    With ``path`` (or ``PRMFORGE_REGISTRY``): that file's entries (the built-in
+    ones if it does not exist). Otherwise the shipped ``datasets.yaml``
+    overlaid by the data home's registry, whose entries win.
+    """
+    if path or os.environ.get(REGISTRY_ENV):
+        return _read_registry_file(Path(path) if path else default_registry_path(), builtin_entries())
+    shipped = _read_registry_file(REPO_REGISTRY, builtin_entries())
+    return shipped | _read_registry_file(default_registry_path(), {})
+
+
+def _read_registry_file(p: Path, missing: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+    """Entries of one registry file; ``missing`` if it does not exist."""
     if not p.exists():
-        return builtin_entries()
+        return dict(missing)
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -224,9 +245,42 @@ def add_dataset(
                            columns=columns or {}, options=options or {}, description=description)
     except ValueError as exc:
         raise RegistryError(f"invalid dataset entry {key!r}: {exc}") from exc
-    reg = load_registry(path)
-    if key in reg and not overwrite and reg[key] != spec:
-        raise RegistryError(f"dataset {key!r} is already registered (source {reg[key].source!r}); pass overwrite")
-    reg[key] = spec
-    save_registry(reg, path)
+    known = load_registry(path)
+    if key in known and not overwrite and known[key] != spec:
+        raise RegistryError(f"dataset {key!r} is already registered (source {known[key].source!r}); pass overwrite")
+    target = Path(path) if path else default_registry_path()
+    own = _read_registry_file(target, builtin_entries() if (path or os.environ.get(REGISTRY_ENV)) else {})
+    own[key] = spec
+    save_registry(own, target)
     return spec
+
+
+MANIFEST = "_dataset.yaml"
+MANIFEST_FIELDS = ("format", "adapter", "split", "columns", "options", "description")
+
+
+def incoming_spec(key: str, manifest_text: str | None) -> DatasetSpec:
+    """The registry entry for files dropped under ``incoming/<key>/``.
+
+    ``manifest_text`` is the folder's ``_dataset.yaml`` (None when there is
+    none: every row is ``train``, the format and adapter are detected). A
+    manifest that is not valid raises :class:`RegistryError` naming the field,
+    so the user's split is never silently replaced by a default.
+    """
+    fields: dict[str, Any] = {"description": "files dropped under incoming/"}
+    if manifest_text is not None:
+        where = f"incoming/{key}/{MANIFEST}"
+        try:
+            doc = yaml.safe_load(manifest_text) or {}
+        except yaml.YAMLError as exc:
+            raise RegistryError(f"{where}: not valid YAML: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{where}: expected a mapping of {list(MANIFEST_FIELDS)}")
+        unknown = sorted(set(doc) - set(MANIFEST_FIELDS))
+        if unknown:
+            raise RegistryError(f"{where}: unknown fields {unknown}; allowed: {list(MANIFEST_FIELDS)}")
+        fields.update(doc)
+    try:
+        return DatasetSpec(key=key, source="incoming", **fields)
+    except ValueError as exc:
+        raise RegistryError(f"incoming/{key}/{MANIFEST}: {exc}") from exc

@@ -17,11 +17,16 @@ from pydantic import Field
 
 from prmforge.settings import default_storage_root, default_tracking_uri
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential)", re.I)
+# A key names a secret when its last word does (``api_key``, ``hf_token``,
+# ``aws_secret_access_key``, ``password``); ``max_tokens`` or
+# ``step_token_init`` are settings and stay readable.
+_SECRET_KEY = re.compile(
+    r"(^|[_.\-])(secret|password|passwd|token|api[_-]?key|access[_-]?key|secret[_-]?key|credentials?)$", re.I
+)
 
 
 def redact(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop values whose key looks like a secret, so they never reach MLflow."""
+    """Mask values whose key names a secret, so they never reach MLflow."""
     return {k: ("***" if _SECRET_KEY.search(str(k)) else v) for k, v in params.items()}
 
 

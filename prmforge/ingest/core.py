@@ -371,11 +371,19 @@ def ingest_dataset(spec: DatasetSpec, settings: IngestSettings | None = None, st
 
 def spec_for(key: str, registry_path: str | None = None, storage: Any = None) -> DatasetSpec:
     """The registry entry for ``key``, or an implicit ``incoming`` entry if files were dropped for it."""
-    from prmforge.registry import get_dataset
+    from prmforge.registry import get_dataset, incoming_spec
 
     try:
         return get_dataset(key, registry_path)
     except KeyError:
         if storage is not None and storage.exists(storage.path("incoming", key)):
-            return DatasetSpec(key=key, source="incoming", description="implicit: files in incoming/")
+            return incoming_spec(key, read_manifest(storage, key))
         raise
+
+
+def read_manifest(storage: Any, key: str) -> str | None:
+    """The text of ``incoming/<key>/_dataset.yaml``, or None when the folder has none."""
+    from prmforge.registry import MANIFEST
+
+    path = storage.path("incoming", key, MANIFEST)
+    return storage.read_bytes(path).decode("utf-8") if storage.exists(path) else None
