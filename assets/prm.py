@@ -150,23 +150,20 @@ def prm_model(
     base = _base_model(context, s)
     store = storage.get()
     with _mlflow_run(context, mlflow, PRM_MODEL, {"stage": PRM_MODEL}) as run:
-        if run is not None:
-            mlflow.log_params({**s.model_dump(), "base_model_uri": base, "rows": len(rows),
-                               "data_version.consensus_labels": data_version,
-                               "data_versions.consensus_labels": json.dumps(label_versions)})
+        mlflow.log_params({**s.model_dump(), "base_model_uri": base, "rows": len(rows),
+                           "data_version.consensus_labels": data_version,
+                           "data_versions.consensus_labels": json.dumps(label_versions)})
 
         def log_fn(metrics: dict[str, float], step: int) -> None:
-            if run is not None:
-                mlf.log_metrics(metrics, step=step)
+            mlf.log_metrics(metrics, step=step)
 
         result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn)
         with tempfile.TemporaryDirectory() as tmp:
             folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
             uri = store.put_dir(folder, "models", "prm", result.run_key)
-            if run is not None:
-                mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
-                mlf.log_metric("tokens_per_s_mean", result.train.tokens_per_s)
-                mlf.log_artifacts(str(folder), "prm_model")
+            mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
+            mlf.log_metric("tokens_per_s_mean", result.train.tokens_per_s)
+            mlf.log_artifacts(str(folder), "prm_model")
     stats = result.stats.as_dict()
     if stats.get("steps_truncated"):
         context.log.warning(f"{stats['steps_truncated']} trailing steps dropped by truncation at "
@@ -184,7 +181,7 @@ def prm_model(
         "tokens_per_s": round(result.train.tokens_per_s, 1),
         "train_seconds": round(result.train.seconds, 1),
         "settings": MetadataValue.json(s.model_dump()),
-        "mlflow_run_id": run.info.run_id if run is not None else "",
+        "mlflow_run_id": run.info.run_id,
     })
 
 
@@ -221,13 +218,12 @@ def prm_evaluation(
         metrics = rep.flat_metrics()
         with _mlflow_run(context, mlflow, PRM_EVALUATION, {"stage": PRM_EVALUATION,
                                                           "prm_run_id": str(prm_meta.get("mlflow_run_id", ""))}) as run:
-            if run is not None:
-                mlflow.log_params({**s.model_dump(), "prm_uri": prm_meta["uri"]})
-                mlf.log_metrics({k: v for k, v in metrics.items() if v == v})
-                for p in rep.plots:
-                    mlf.log_artifact(p, "plots")
-                mlf.log_text(rep.markdown(), "summary.md")
-                mlf.log_dict({str(n): c for n, c in rep.curve.items()}, "bon_curve.json")
+            mlflow.log_params({**s.model_dump(), "prm_uri": prm_meta["uri"]})
+            mlf.log_metrics({k: v for k, v in metrics.items() if v == v})
+            for p in rep.plots:
+                mlf.log_artifact(p, "plots")
+            mlf.log_text(rep.markdown(), "summary.md")
+            mlf.log_dict({str(n): c for n, c in rep.curve.items()}, "bon_curve.json")
     targets: dict[str, Any] = {}
     world_f1 = rep.report.get("world", {}).get("f1")
     if world_f1 is not None:
@@ -238,7 +234,7 @@ def prm_evaluation(
         targets["target_note"] = (
             f"measured world F1 {world_f1 if world_f1 is not None else float('nan'):.3f} (target {TARGET_WORLD_F1}), "
             f"BoN min {rep.bon.get('prm_min', float('nan')):.3f} vs majority {rep.bon.get('majority', float('nan')):.3f}"
-            "; the main limit is labelled-data volume and policy quality (see docs/readme/prm.md)")
+            "; the main limit is labelled-data volume and policy quality (see docs/prm.md)")
     return MaterializeResult(metadata={
         "summary": MetadataValue.md(rep.markdown()),
         "threshold": round(rep.threshold, 4),
@@ -247,7 +243,7 @@ def prm_evaluation(
         "bon_curve": MetadataValue.json({str(n): c for n, c in rep.curve.items()}),
         "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
         **targets,
-        "mlflow_run_id": run.info.run_id if run is not None else "",
+        "mlflow_run_id": run.info.run_id,
     })
 
 

@@ -71,11 +71,6 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_world_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> PreTrainedTokenizerFast:
-    """The policy's tokenizer: BPE fitted on the world corpus."""
-    return train_tokenizer(world_corpus(seed=seed), vocab_size=vocab_size)
-
-
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> None:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` (loadable by ``AutoTokenizer``)."""
     tokenizer.save_pretrained(str(directory))

@@ -58,10 +58,6 @@ def match_words(text: str) -> list[str]:
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
 
 
-def match_text(text: str) -> str:
-    return " ".join(match_words(text))
-
-
 def ngrams(words: list[str], n: int) -> set[str]:
     """All ``n``-word windows of ``words`` joined by spaces (empty if shorter)."""
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from prmforge.engines.base import Engine, SamplingParams
 from prmforge.world import (
     WorldProblem,
@@ -36,14 +34,6 @@ class JudgedSample:
     predicted: str | None
     final_answer_correct: bool
     finish_reason: str
-
-
-def load_policy(path: str | Path):
-    """``(model, tokenizer)`` from an HF folder, no custom code."""
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False)
-    model.eval()
-    return model, tok
 
 
 def policy_engine(path: str | Path, batch_size: int = 64, num_threads: int | None = None) -> Engine:

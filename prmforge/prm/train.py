@@ -18,6 +18,7 @@ gradients are averaged by DDP, and only rank 0 writes checkpoints and logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -383,7 +384,7 @@ def train_prm(
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = i == len(batches) - 1 or world == 1
-            ctx = wrapped.no_sync() if (world > 1 and not sync) else _null()
+            ctx = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = wrapped(batch["input_ids"], batch["attention_mask"], batch["step_mask"])
                 loss_sum, _ = prm_loss(logits, batch["labels"], cfg.loss, weights)
@@ -414,14 +415,6 @@ def train_prm(
     model.eval()
     return TrainResult(steps=total, resumed_from=start, final_loss=loss_value, tokens=tokens_total,
                        seconds=t_total, history=history)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- command line (torchrun) ---------------------------------------------------------
