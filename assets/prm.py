@@ -29,6 +29,7 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
 from prmforge.prm.settings import PRMEvalSettings, PRMRegistrySettings, PRMTrainSettings
+from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
 from resources.settings import SettingsResource
 from resources.storage import StorageResource
@@ -196,6 +197,7 @@ def prm_evaluation(
     config: PRMEvalConfig,
     settings: SettingsResource,
     storage: StorageResource,
+    policy_engine: EngineResource,
     mlflow: MLflowResource,
 ) -> MaterializeResult:
     import mlflow as mlf
@@ -209,12 +211,12 @@ def prm_evaluation(
     store = storage.get()
     world = store.read_dataset("world_benchmark") if store.dataset_exists("world_benchmark") else None
     try:
-        policy = upstream_uri(context, "policy_model")
+        bon_engine = policy_engine.config(policy_engine.model or upstream_uri(context, "policy_model"))
     except RuntimeError as exc:
         context.log.warning(f"no policy for Best-of-N: {exc}")
-        policy = None
+        bon_engine = None
     with tempfile.TemporaryDirectory() as tmp:
-        rep = evaluate(model, tok, s, tmp, world_table=world, policy=policy)
+        rep = evaluate(model, tok, s, tmp, world_table=world, policy_engine=bon_engine)
         metrics = rep.flat_metrics()
         with _mlflow_run(context, mlflow, PRM_EVALUATION, {"stage": PRM_EVALUATION,
                                                           "prm_run_id": str(prm_meta.get("mlflow_run_id", ""))}) as run:
@@ -261,7 +263,7 @@ def registered_prm(
 ) -> MaterializeResult:
     import mlflow as mlf
 
-    from prmforge.prm.model import resolve_model_dir
+    from prmforge.model_files import resolve_model_dir
     from prmforge.prm.pyfunc import log_pyfunc
     from prmforge.prm.registry import git_commit, register_and_gate
 

@@ -111,9 +111,10 @@ def chat_wrapper(model_path: str, trust_remote_code: bool = False) -> Callable[[
     """``prompt -> chat-formatted prompt`` using the model's own chat template."""
     from transformers import AutoTokenizer
 
-    from prmforge.engines.hf import resolve_model_path
+    from prmforge.model_files import local_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(model_path), trust_remote_code=trust_remote_code)
+    path, local_only = local_model(model_path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **local_only)
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"chat_template=True but the tokenizer of {model_path} has no chat template")
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from prmforge.engines.base import SamplingParams
-from prmforge.engines.hf import HFEngine, ModelLoadError
+from prmforge.engines.hf import HFEngine
 from prmforge.engines.tiny import build_tiny_llama
+from prmforge.model_files import PickleWeightsError
 
 torch.set_num_threads(1)
 
@@ -142,7 +143,7 @@ def test_refuses_pickle_only_checkpoint(tiny_model: Path, tmp_path: Path) -> Non
     shutil.copytree(tiny_model, bad)
     (bad / "model.safetensors").unlink()
     (bad / "pytorch_model.bin").write_bytes(b"not really a pickle")
-    with pytest.raises(ModelLoadError, match="no .safetensors"):
+    with pytest.raises(PickleWeightsError, match="no .safetensors"):
         HFEngine(str(bad), device="cpu")
 
 

@@ -10,7 +10,7 @@ import torch
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.policy import policy_model, world_benchmark
-from prmforge.engines.hf import resolve_model_path
+from prmforge.model_files import resolve_model_dir
 from prmforge.policy.benchmark import WORLD_BENCHMARK, select_balanced
 from prmforge.policy.sample import JudgedSample
 from prmforge.storage import Storage
@@ -57,7 +57,7 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     assert not train_texts & set(table.column("problem").to_pylist())
 
     # loadable from the stored URI in a fresh process, no custom code
-    local = resolve_model_path(meta["uri"])
+    local = str(resolve_model_dir(meta["uri"]))
     code = ("from transformers import AutoModelForCausalLM, AutoTokenizer;"
             f"AutoTokenizer.from_pretrained({local!r});"
             f"m = AutoModelForCausalLM.from_pretrained({local!r}); print(type(m).__name__)")

@@ -9,9 +9,8 @@ import pytest
 import torch
 from prm_helpers import tiny_backbone
 
+from prmforge.model_files import ModelSourceError, PickleWeightsError
 from prmforge.prm.model import (
-    ModelSourceError,
-    PickleWeightsError,
     ProcessRewardModel,
     build_prm,
     load_backbone,

@@ -24,88 +24,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from prmforge.engines.base import Completion, Engine, SamplingParams
+from prmforge.model_files import ModelSourceError, local_model
 
 log = logging.getLogger(__name__)
 
 _FAST_PATH_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 _M32 = 0xFFFFFFFF
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be located or is not in an accepted format."""
-
-
-# --------------------------------------------------------------------------
-# loading
-# --------------------------------------------------------------------------
-def _model_cache_dir() -> Path:
-    from prmforge.settings import home
-
-    return Path(os.environ.get("PRMFORGE_MODEL_CACHE", str(home() / "cache" / "models")))
-
-
-def resolve_model_path(model: str) -> str:
-    """A local folder (or hub id) for ``model``: s3/file URIs are fetched first.
-
-    Remote folders are downloaded once into the model cache
-    (``PRMFORGE_MODEL_CACHE`` or ``<PRMFORGE_HOME>/cache/models``) under a
-    hash of the URI; the download lands in a temporary folder renamed into
-    place, so a killed download is never mistaken for a model.
-    """
-    if model.startswith("file://"):
-        return model[len("file://"):]
-    if not model.startswith(("s3://", "s3a://")):
-        return model
-    from prmforge.storage import COMPLETE_MARKER, Storage
-
-    target = _model_cache_dir() / hashlib.sha256(model.encode()).hexdigest()[:24]
-    if (target / COMPLETE_MARKER).exists():
-        return str(target)
-    storage = Storage(model.rstrip("/"))
-    base = storage.path()
-    if not storage.exists(base):
-        raise ModelLoadError(f"model folder {model} does not exist")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=target.parent))
-    try:
-        for entry in storage.fs.find(base):
-            rel = entry[len(base):].lstrip("/")
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(storage.read_bytes(entry))
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if target.exists():  # a concurrent download finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(target)
-
-
-def _check_safetensors(path: str) -> None:
-    p = Path(path)
-    if not p.is_dir():
-        return  # a hub id: from_pretrained(use_safetensors=True) enforces it
-    if not any(p.glob("*.safetensors")):
-        found = sorted(x.name for x in p.iterdir() if x.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
-        raise ModelLoadError(
-            f"model folder {path} has no .safetensors weights"
-            + (f" (found pickle checkpoints {found}, which are refused: they can run code on load)" if found else "")
-        )
 
 
 def _pick_device(device: str) -> torch.device:
@@ -363,16 +295,14 @@ class HFEngine(Engine):
         self.add_special_tokens = add_special_tokens
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
-        path = resolve_model_path(model)
-        _check_safetensors(path)
-        local_only = {"local_files_only": True} if not Path(path).is_dir() else {}
+        path, local_only = local_model(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **local_only)
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, use_safetensors=True, dtype=self.dtype, trust_remote_code=trust_remote_code, **local_only
             )
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not load model {model!r} (safetensors only, no download): {exc}") from exc
+            raise ModelSourceError(f"could not load model {model!r} (safetensors only, no download): {exc}") from exc
         self.model.to(self.device).eval()
         cfg = self.model.config
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None

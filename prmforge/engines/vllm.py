@@ -17,7 +17,7 @@ import multiprocessing as mp
 from collections.abc import Sequence
 
 from prmforge.engines.base import Completion, Engine, SamplingParams
-from prmforge.engines.hf import _check_safetensors, resolve_model_path
+from prmforge.model_files import local_model
 
 
 class VLLMWorkerError(RuntimeError):
@@ -38,8 +38,7 @@ class VLLMEngine(Engine):
         enforce_eager: bool = False,
         start_timeout_s: float = 1800.0,
     ) -> None:
-        path = resolve_model_path(model)
-        _check_safetensors(path)
+        path, _ = local_model(model)  # vLLM reads hub ids from the local HF cache (HF_HUB_OFFLINE in CI)
         self.cfg = {
             "model": path,
             "dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype),

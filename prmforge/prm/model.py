@@ -10,10 +10,8 @@ architecture. The folder format is plain Hugging Face (``config.json`` +
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prmforge.model_files import ModelSourceError, local_model, require_safetensors, resolve_model_dir
 from prmforge.prm.data import encode_example
 
 try:  # the project tokenizer owns the token; fall back to the documented value
@@ -33,17 +32,8 @@ except ImportError:  # pragma: no cover - only before the tokenizer module lands
 HEAD_FILE = "prm_head.safetensors"
 REFERENCE_DIR = "reference"
 CONFIG_FILE = "prm_config.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 HeadKind = Literal["two_class", "scalar"]
-
-
-class PickleWeightsError(ValueError):
-    """A model folder holds pickle weights only; prmforge loads safetensors only."""
-
-
-class ModelSourceError(RuntimeError):
-    """A base-model reference (hub id, path, URI) could not be resolved."""
 
 
 @dataclass
@@ -70,60 +60,6 @@ def format_prompt(problem: str, prompt_format: str = "world") -> str:
     return problem
 
 
-# ---- resolving a base model -------------------------------------------------------
-def model_cache_dir() -> Path:
-    from prmforge.settings import home
-
-    return home() / "cache" / "models"
-
-
-def check_no_pickle(folder: Path) -> None:
-    """Refuse folders whose weights exist only as pickle files (arbitrary code on load)."""
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    has_safe = any(p.suffix == ".safetensors" for p in files)
-    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickles and not has_safe:
-        raise PickleWeightsError(
-            f"{folder} holds only pickle weights ({', '.join(sorted(pickles)[:3])}); prmforge loads "
-            "safetensors only because unpickling runs arbitrary code. Convert the checkpoint with "
-            "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment."
-        )
-
-
-def resolve_model_dir(ref: str) -> Path | str:
-    """A local folder for ``ref`` (s3:// or file:// storage URI, local path), or the hub id itself.
-
-    Storage URIs are downloaded once into the data directory's cache (keyed by the
-    URI) and must carry the storage ``_COMPLETE`` marker, so a half-written model
-    is never loaded.
-    """
-    if ref.startswith(("s3://", "s3a://", "file://")):
-        from prmforge.storage import COMPLETE_MARKER, Storage
-
-        target = model_cache_dir() / hashlib.sha256(ref.encode()).hexdigest()[:16]
-        if (target / COMPLETE_MARKER).exists():
-            return target
-        storage = Storage(ref)
-        if not storage.dir_complete():
-            raise ModelSourceError(f"{ref} is missing or incomplete (no {COMPLETE_MARKER} marker)")
-        tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-        storage.get_dir(tmp)
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        tmp.rename(target)
-        return target
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelSourceError(f"{ref} is a file; a model is a folder with config.json")
-        return path
-    if ref.startswith(("/", "./", "../")):
-        raise ModelSourceError(f"local model folder {ref} does not exist")
-    return ref  # a hub id; from_pretrained resolves it (offline → clear error below)
-
-
 def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = False, tokenizer=None):
     """``(AutoModel, tokenizer)`` for a hub id, local folder or storage URI, safetensors only.
 
@@ -132,20 +68,16 @@ def load_backbone(ref: str, trust_remote_code: bool = False, causal_lm: bool = F
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    where = resolve_model_dir(ref)
-    if isinstance(where, Path):
-        check_no_pickle(where)
-    # Hub ids resolve from the local Hugging Face cache only: nothing downloads at run time.
-    local_only = {} if isinstance(where, Path) else {"local_files_only": True}
+    where, local_only = local_model(ref)  # hub ids: local Hugging Face cache only, nothing downloads
     try:
-        tok = tokenizer or AutoTokenizer.from_pretrained(str(where), trust_remote_code=trust_remote_code,
+        tok = tokenizer or AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code,
                                                          **local_only)
         cls = AutoModelForCausalLM if causal_lm else AutoModel
-        model = cls.from_pretrained(str(where), use_safetensors=True, trust_remote_code=trust_remote_code,
+        model = cls.from_pretrained(where, use_safetensors=True, trust_remote_code=trust_remote_code,
                                           dtype=torch.float32, **local_only)
     except OSError as exc:
         hint = (" (hub ids load from the local Hugging Face cache only, offline: pass a local path or "
-                "storage URI)") if not isinstance(where, Path) else ""
+                "storage URI)") if local_only else ""
         raise ModelSourceError(f"could not load model {ref!r}{hint}: {exc}") from exc
     return model, tok
 
@@ -302,7 +234,7 @@ class ProcessRewardModel(nn.Module):
         where = resolve_model_dir(str(ref))
         if not isinstance(where, Path) or not (where / CONFIG_FILE).exists():
             raise ModelSourceError(f"{ref} is not a saved PRM folder (no {CONFIG_FILE})")
-        check_no_pickle(where)
+        require_safetensors(where)
         config = PRMConfig(**json.loads((where / CONFIG_FILE).read_text()))
         backbone, tok = load_backbone(str(where), trust_remote_code, causal_lm=config.surprisal)
         reference = None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prmforge.engines.factory import EngineConfig
 from prmforge.prm.benchmarks import load_source
 from prmforge.prm.data import EncodeStats, encode_dataset
 from prmforge.prm.metrics import (
@@ -129,16 +130,20 @@ def _limit(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
     return out
 
 
-def sample_bon(policy: str, problems: Sequence[dict], s: PRMEvalSettings) -> list[list[tuple[list[str], str | None,
-                                                                                              bool]]]:
-    """N policy samples per problem as ``(steps, extracted answer, correct)``; errors become wrong candidates."""
+def sample_bon(policy_engine: EngineConfig, problems: Sequence[dict],
+               s: PRMEvalSettings) -> list[list[tuple[list[str], str | None, bool]]]:
+    """N policy samples per problem as ``(steps, extracted answer, correct)``; errors become wrong candidates.
+
+    Sampled through the configured policy engine (hf, vllm or openai), the one
+    the rollouts use, so Best-of-N sees the policy the PRM was trained for.
+    """
     from prmforge.answers import grade
     from prmforge.engines.base import SamplingParams
-    from prmforge.engines.hf import HFEngine
+    from prmforge.engines.factory import make_engine
     from prmforge.steps import split_steps
     from prmforge.world import STEP_SEPARATOR, prompt_for
 
-    engine = HFEngine(policy, batch_size=s.engine_batch_size)
+    engine = make_engine(policy_engine.model_copy(update={"batch_size": s.engine_batch_size}))
     try:
         outs = engine.generate([prompt_for(p["problem"]) for p in problems],
                                SamplingParams(n=s.bon_n, temperature=s.bon_temperature, max_tokens=s.bon_max_tokens,
@@ -164,9 +169,12 @@ def evaluate(
     s: PRMEvalSettings,
     out_dir: str | Path,
     world_table: pa.Table | None = None,
-    policy: str | None = None,
+    policy_engine: EngineConfig | None = None,
 ) -> EvalReport:
-    """ProcessBench-format figures per subset, Best-of-N and diagnostics; PNGs into ``out_dir``."""
+    """ProcessBench-format figures per subset, Best-of-N and diagnostics; PNGs into ``out_dir``.
+
+    Best-of-N needs ``policy_engine`` (the policy model on its configured backend) and ``world_table``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
@@ -199,7 +207,7 @@ def evaluate(
     curve: dict[int, dict[str, float]] = {}
     counts = {"samples_test": float(len(test)), "samples_calibration": float(len(calib)),
               "steps_unscored": float(unscored), "bon_n": float(s.bon_n)}
-    if policy and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
+    if policy_engine is not None and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
         seen: dict[str, dict] = {}
         for row in world_table.to_pylist():
             pid = str(row.get("problem_id") or row.get("id"))
@@ -208,7 +216,7 @@ def evaluate(
         problems = sorted(seen.values(), key=lambda r: str(r.get("problem_id")))
         random.Random(s.seed).shuffle(problems)
         problems = problems[: s.bon_problems]
-        sampled = sample_bon(policy, problems, s)
+        sampled = sample_bon(policy_engine, problems, s)
         flat = [(p["problem"], steps) for p, cands in zip(problems, sampled, strict=True) for steps, _, _ in cands]
         flat_scores = score_steps(model, tokenizer, flat, batch_size=s.score_batch_size)
         it = iter(flat_scores)

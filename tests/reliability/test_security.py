@@ -326,7 +326,8 @@ def _pickle_only_model(folder: Path, marker: Path) -> Path:
 def test_pickle_checkpoints_refused(tmp_path: Path, fault) -> None:
     from prmforge.engines.factory import EngineConfig
     from prmforge.engines.hf import HFEngine
-    from prmforge.prm.model import ModelSourceError, PickleWeightsError, ProcessRewardModel, build_prm
+    from prmforge.model_files import ModelSourceError, PickleWeightsError
+    from prmforge.prm.model import ProcessRewardModel, build_prm
     from prmforge.prm.settings import PRMTrainSettings
     from resources.engine import EngineResource
     from resources.judge import JudgeResource
