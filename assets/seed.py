@@ -68,8 +68,8 @@ from pydantic import Field
 
 from assets.common import table_data_version
 from assets.partitions import dataset_partitions
+from prmforge.contracts.datasets import dropped_contract, quarantine_contract, seed_contract
 from prmforge.ingest import (
-    ALLOWED_SPLITS,
     QUARANTINE_REASONS,
     BenchmarkSpec,
     IngestResult,
@@ -116,20 +116,6 @@ def _settings(settings: SettingsResource, config: SeedConfig) -> IngestSettings:
     return settings.stage(IngestSettings, "ingest", **overrides)
 
 
-def seed_expectations() -> list[Any]:
-    """The GX contract of ``seed_problems`` (built on call: GX is imported lazily)."""
-    from resources.quality import gx_module
-
-    gxe = gx_module().expectations
-    return [
-        gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
-        gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="problem", min_value=1),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="answer", min_value=1),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(ALLOWED_SPLITS)),
-    ]
-
-
 class SeedIngestError(RuntimeError):
     """Some datasets of a multi-dataset run could not be ingested (the others were written)."""
 
@@ -167,7 +153,7 @@ def _tables(result: IngestResult, source: str) -> list[_Table]:
 
 
 def _checks(result: IngestResult, quality: QualityResource) -> list[AssetCheckResult]:
-    """``rows_conserved`` and ``seed_quality`` of one dataset."""
+    """``rows_conserved`` and the contracts of the three tables of one dataset."""
     counts = result.counts()
     return [
         AssetCheckResult(
@@ -178,8 +164,10 @@ def _checks(result: IngestResult, quality: QualityResource) -> list[AssetCheckRe
             metadata={**counts, "accounted": counts["accepted"] + counts["quarantined"] + counts["deduplicated"]
                       + counts["decontaminated"]},
         ),
-        quality.validate(result.accepted, seed_expectations(), "seed_quality", asset_key=AssetKey(SEED),
-                         check_name="seed_quality"),
+        quality.check(seed_contract(), result.accepted, asset_key=AssetKey(SEED)),
+        quality.check(quarantine_contract(sorted(QUARANTINE_REASONS)), result.quarantine,
+                      asset_key=AssetKey(QUARANTINE)),
+        quality.check(dropped_contract(), result.dropped, asset_key=AssetKey(DROPPED)),
     ]
 
 
@@ -208,7 +196,7 @@ def _partition_evaluation(context: AssetExecutionContext, result: AssetCheckResu
     none in a ranged run; the evaluation must name the dataset it checked so
     downstream gates (``all_deps_blocking_checks_passed``) see it per partition.
     """
-    key = AssetKey(SEED)
+    key = result.asset_key
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
     target = (AssetCheckEvaluationTargetMaterializationData(
@@ -278,6 +266,10 @@ def _partition_range(context: AssetExecutionContext, ingest: IngestSettings, sto
                        description="rows read = accepted + quarantined + deduplicated + decontaminated"),
         AssetCheckSpec("seed_quality", asset=SEED, blocking=True, partitions_def=dataset_partitions,
                        description="GX: ids unique and non-null, problem/answer non-empty, split allowed"),
+        AssetCheckSpec("quarantine_contract", asset=QUARANTINE, blocking=True, partitions_def=dataset_partitions,
+                       description="GX: every quarantined row has a known reason"),
+        AssetCheckSpec("dropped_contract", asset=DROPPED, blocking=True, partitions_def=dataset_partitions,
+                       description="GX: every dropped row is a duplicate or contaminated, and names what it matched"),
     ],
 )
 def seed_problems(

@@ -1,4 +1,4 @@
-"""The GX helper: suite result → blocking ERROR AssetCheckResult with offending values."""
+"""The quality resource: a contract's result → blocking ERROR AssetCheckResult with offending values."""
 
 
 import pyarrow as pa
@@ -12,7 +12,8 @@ from dagster import (
 )
 
 from assets.partitions import dataset_partitions
-from resources.quality import QualityResource, gx_module
+from prmforge.contracts import Contract, gxe
+from resources.quality import QualityResource
 
 BAD = pa.table({
     "problem_id": ["a", "b", "b", None],
@@ -22,17 +23,21 @@ BAD = pa.table({
 
 
 def _expectations() -> list:
-    gxe = gx_module().expectations
+    e = gxe()
     return [
-        gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
-        gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="problem", min_value=1),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "validation", "test"]),
+        e.ExpectColumnValuesToNotBeNull(column="problem_id"),
+        e.ExpectColumnValuesToBeUnique(column="problem_id"),
+        e.ExpectColumnValueLengthsToBeBetween(column="problem", min_value=1),
+        e.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "validation", "test"]),
     ]
 
 
+def contract(name: str) -> Contract:
+    return Contract(name, "demo", _expectations, describe=("problem_id present and unique",))
+
+
 def test_failed_expectations_are_named_with_sample_values() -> None:
-    result = QualityResource().validate(BAD, _expectations(), "demo_suite")
+    result = QualityResource().check(contract("demo_suite"), BAD)
     assert result.passed is False
     assert result.severity == AssetCheckSeverity.ERROR
     assert result.check_name == "demo_suite"
@@ -45,12 +50,12 @@ def test_failed_expectations_are_named_with_sample_values() -> None:
                                                                                              "test"]
     assert meta["failed_2_expect_column_value_lengths_to_be_between_problem"]["sample_unexpected"] == [""]
     assert "expect_column_values_to_not_be_null(problem_id)" in meta["failed"]
+    assert "problem_id present and unique" in meta["contract"]
 
 
-def test_clean_table_passes_and_pandas_input_works() -> None:
+def test_clean_table_passes() -> None:
     good = pa.table({"problem_id": ["a", "b"], "problem": ["x", "y"], "split": ["train", "test"]})
-    assert QualityResource().validate(good, _expectations(), "ok").passed is True
-    assert QualityResource().validate(good.to_pandas(), _expectations(), "ok").passed is True
+    assert QualityResource().check(contract("ok"), good).passed is True
 
 
 def test_blocking_partitioned_check_stops_downstream() -> None:
@@ -60,7 +65,7 @@ def test_blocking_partitioned_check_stops_downstream() -> None:
 
     @asset_check(asset=upstream_table, blocking=True, partitions_def=dataset_partitions)
     def upstream_quality(quality: QualityResource):
-        return quality.validate(BAD, _expectations(), "upstream_quality")
+        return quality.check(contract("upstream_quality"), BAD)
 
     ran: list[str] = []
 

@@ -39,7 +39,7 @@ def _materialize(root: str, key: str, registry: Path, instance: DagsterInstance)
 def _assert_run(result, key: str) -> None:
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checks) == {"rows_conserved", "seed_quality"}
+    assert set(checks) == {"rows_conserved", "seed_quality", "quarantine_contract", "dropped_contract"}
     assert all(e.passed for e in checks.values()), {k: e.metadata for k, e in checks.items()}
     mats = {m.asset_key.path[-1]: m for m in result.get_asset_materialization_events()}
     seed_meta = mats["seed_problems"].materialization.metadata

@@ -143,7 +143,8 @@ def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
                 e.dagster_event.event_specific_data
             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
         }
-        assert set(evaluations) == {(c, k) for c in ("rows_conserved", "seed_quality") for k in GOOD}
+        assert set(evaluations) == {(c, k) for c in ("rows_conserved", "seed_quality", "quarantine_contract",
+                                                                  "dropped_contract") for k in GOOD}
         assert all(ev.passed and ev.blocking for ev in evaluations.values())
         assert all(ev.target_materialization_data.run_id == run.run_id for ev in evaluations.values())
 

@@ -1,0 +1,222 @@
+"""The contract of every Parquet dataset prmforge writes, one function per dataset.
+
+Each function takes what the stage was configured to produce (N, K, the
+upstream row count) and the distribution guards' thresholds from the stage's
+settings, and returns a :class:`~prmforge.contracts.Contract`. The rules:
+
+* schema-level promises the Arrow schema cannot state: ids unique, values in
+  their set, probabilities in [0, 1], first-error indices inside the steps;
+* conservation against the upstream table: every upstream row is present,
+  labelled or counted as failed with a reason;
+* distribution guards that catch a silent regression: the share of rows whose
+  status is not ok, mean steps per solution, the kept share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pyarrow as pa
+
+from prmforge.contracts import Contract, gxe, is_not_in, list_len
+
+SPLITS = ("train", "validation", "test")
+FINISH_REASONS = ("stop", "length", "error", "skipped")
+MC_STATUSES = ("ok", "error", "empty", "skipped")
+JUDGE_STATUSES = ("ok", "unparsed", "abstain", "error", "skipped")
+
+
+def _rows(upstream_rows: int | None) -> list:
+    """Row count equals the upstream's, when the caller knows it."""
+    return [] if upstream_rows is None else [gxe().ExpectTableRowCountToEqual(value=upstream_rows)]
+
+
+def seed_contract() -> Contract:
+    """``seed_problems``: ids unique, problem and answer non-empty, split known."""
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToNotBeNull(column="problem_id"),
+            e.ExpectColumnValuesToBeUnique(column="problem_id"),
+            e.ExpectColumnValueLengthsToBeBetween(column="problem", min_value=1),
+            e.ExpectColumnValueLengthsToBeBetween(column="answer", min_value=1),
+            e.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        ]
+
+    return Contract("seed_quality", "seed_problems", expectations,
+                    describe=("problem_id present and unique", "problem and answer non-empty",
+                              f"split in {list(SPLITS)}"))
+
+
+def quarantine_contract(reasons: list[str]) -> Contract:
+    """``seed_problems_quarantine``: every row carries a known reason."""
+    def expectations() -> list:
+        e = gxe()
+        return [e.ExpectColumnValuesToNotBeNull(column="reason"),
+                e.ExpectColumnValuesToBeInSet(column="reason", value_set=reasons)]
+
+    return Contract("quarantine_contract", "seed_problems_quarantine", expectations,
+                    describe=("every quarantined row has a known reason",))
+
+
+def dropped_contract() -> Contract:
+    """``seed_problems_dropped``: every row says whether it was a duplicate or contaminated, and of what."""
+    def expectations() -> list:
+        e = gxe()
+        return [e.ExpectColumnValuesToBeInSet(column="kind", value_set=["duplicate", "contaminated"]),
+                e.ExpectColumnValuesToNotBeNull(column="matched")]
+
+    return Contract("dropped_contract", "seed_problems_dropped", expectations,
+                    describe=("kind is duplicate or contaminated", "names what it matched"))
+
+
+def rollouts_contract(n: int, upstream_problems: int | None, max_error_share: float,
+                      mean_steps: tuple[float, float]) -> Contract:
+    """``policy_rollouts``: N samples per problem, engine failures and step counts within bounds."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"n_steps": list_len(t, "steps"),
+                "engine_failed": is_not_in(t, "finish_reason", {"stop", "length", "skipped"})}
+
+    def expectations() -> list:
+        e = gxe()
+        lo, hi = mean_steps
+        return [
+            e.ExpectColumnValuesToNotBeNull(column="rollout_id"),
+            e.ExpectColumnValuesToBeUnique(column="rollout_id"),
+            e.ExpectColumnValuesToBeBetween(column="sample_index", min_value=0, max_value=n - 1),
+            e.ExpectColumnValuesToBeInSet(column="finish_reason", value_set=list(FINISH_REASONS)),
+            e.ExpectColumnValuesToBeBetween(column="completion_tokens", min_value=0),
+            e.ExpectColumnMeanToBeBetween(column="engine_failed", max_value=max_error_share),
+            e.ExpectColumnMeanToBeBetween(column="n_steps", min_value=lo, max_value=hi),
+            *_rows(None if upstream_problems is None else upstream_problems * n),
+        ]
+
+    return Contract("rollouts_contract", "policy_rollouts", expectations, derive, (
+        f"N={n} rollouts per problem, rollout_id unique",
+        f"finish_reason in {list(FINISH_REASONS)}",
+        f"share of engine errors <= {max_error_share}",
+        f"mean steps per solution in [{mean_steps[0]}, {mean_steps[1]}]",
+    ))
+
+
+def mc_contract(k: int, upstream_rollouts: int | None, max_failed_share: float) -> Contract:
+    """``mc_step_labels``: every rollout labelled or failed with a status, K as configured, values in range."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        soft = [v or [] for v in t.column("probe_soft").to_pylist()]
+        return {"n_steps": list_len(t, "steps"),
+                "probe_soft_min": pd.Series([min(v) if v else 0.0 for v in soft], dtype="float64"),
+                "probe_soft_max": pd.Series([max(v) if v else 0.0 for v in soft], dtype="float64"),
+                "failed": is_not_in(t, "status", {"ok", "skipped"})}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToBeUnique(column="rollout_id"),
+            e.ExpectColumnValuesToBeInSet(column="status", value_set=list(MC_STATUSES)),
+            e.ExpectColumnValuesToBeInSet(column="k", value_set=[k]),
+            e.ExpectColumnValuesToBeBetween(column="first_error", min_value=-1),
+            e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="first_error"),
+            e.ExpectColumnValuesToBeBetween(column="probe_soft_min", min_value=0.0, max_value=1.0),
+            e.ExpectColumnValuesToBeBetween(column="probe_soft_max", min_value=0.0, max_value=1.0),
+            e.ExpectColumnMeanToBeBetween(column="failed", max_value=max_failed_share),
+            *_rows(upstream_rollouts),
+        ]
+
+    return Contract("mc_contract", "mc_step_labels", expectations, derive, (
+        "one row per rollout (labelled, or failed with its status)", f"K={k}",
+        "first_error in [-1, steps)", "MC values in [0, 1]", f"share not ok <= {max_failed_share}",
+    ))
+
+
+def judge_contract(upstream_rollouts: int | None, max_unusable_share: float) -> Contract:
+    """``judge_step_labels``: one verdict per rollout; unusable verdicts (unparsed, error) within bounds."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"unusable": is_not_in(t, "status", {"ok", "skipped"})}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToBeUnique(column="rollout_id"),
+            e.ExpectColumnValuesToBeInSet(column="status", value_set=list(JUDGE_STATUSES)),
+            e.ExpectColumnValuesToBeBetween(column="first_error", min_value=-1),
+            e.ExpectColumnMeanToBeBetween(column="unusable", max_value=max_unusable_share),
+            *_rows(upstream_rollouts),
+        ]
+
+    return Contract("judge_contract", "judge_step_labels", expectations, derive, (
+        "one verdict per rollout", f"status in {list(JUDGE_STATUSES)}",
+        f"share unparsed/abstain/error <= {max_unusable_share}",
+    ))
+
+
+def consensus_contract(k: int, upstream_rollouts: int | None, min_kept_share: float) -> Contract:
+    """``consensus_labels``: labels consistent with the steps and first error; kept share above the floor."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"n_steps": list_len(t, "steps"), "n_labels": list_len(t, "labels")}
+
+    def expectations() -> list:
+        e = gxe()
+        out = [
+            e.ExpectColumnValuesToBeUnique(column="rollout_id"),
+            e.ExpectColumnValuesToBeInSet(column="k", value_set=[k]),
+            e.ExpectColumnValuesToBeBetween(column="first_error", min_value=-1),
+            e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="first_error"),
+            e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="n_labels", or_equal=True),
+            e.ExpectColumnValuesToBeBetween(column="n_labels", min_value=1),
+        ]
+        if upstream_rollouts is not None:
+            out.append(e.ExpectTableRowCountToBeBetween(
+                min_value=math.ceil(min_kept_share * upstream_rollouts), max_value=upstream_rollouts))
+        return out
+
+    return Contract("consensus_contract", "consensus_labels", expectations, derive, (
+        "rollout_id unique", f"K={k}", "first_error in [-1, steps)", "1 <= labels <= steps",
+        f"kept share >= {min_kept_share}",
+    ))
+
+
+def trl_contract(upstream_rows: int | None) -> Contract:
+    """The TRL stepwise export: one row per kept rollout, one label per completion step."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"n_completions": list_len(t, "completions"), "n_labels": list_len(t, "labels")}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToNotBeNull(column="prompt"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_completions", column_B="n_labels"),
+            e.ExpectColumnValuesToBeBetween(column="n_completions", min_value=1),
+            *_rows(upstream_rows),
+        ]
+
+    return Contract("trl_contract", "trl", expectations, derive, (
+        "one row per kept rollout", "as many labels as completions", "prompt present",
+    ))
+
+
+def step_scores_contract(max_unscored_share: float, expected_samples: dict[str, int] | None = None) -> Contract:
+    """The evaluation's per-step scores: probabilities in [0, 1]; unscored steps under the limit.
+
+    Expects one row per (sample, step) with columns ``subset``, ``id``,
+    ``step`` and ``score`` (null when the step was not scored).
+    """
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"unscored": pd.Series([1.0 if s is None or s != s else 0.0 for s in t.column("score").to_pylist()],
+                                      dtype="float64")}
+
+    def expectations() -> list:
+        e = gxe()
+        out = [
+            e.ExpectColumnValuesToNotBeNull(column="id"),
+            e.ExpectColumnValuesToBeBetween(column="step", min_value=0),
+            e.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
+            e.ExpectColumnMeanToBeBetween(column="unscored", max_value=max_unscored_share),
+        ]
+        if expected_samples:
+            out.append(e.ExpectColumnDistinctValuesToEqualSet(column="subset", value_set=sorted(expected_samples)))
+        return out
+
+    return Contract("step_scores_contract", "prm_step_scores", expectations, derive, (
+        "scores in [0, 1]", f"unscored share <= {max_unscored_share}",
+    ))
