@@ -101,3 +101,63 @@ def test_processbench_gsm8k_error_detection_beats_chance(shared_data) -> None:
     correct = [d for d in data if d["label"] == -1]
     false_alarm = sum(first_wrong_step(d["steps"]) != -1 for d in correct) / len(correct)
     assert false_alarm < 0.1, false_alarm
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # within the precision written: rounded, cut, or a binary float printed in full
+        "<<1/7=0.14285714285714285>>",
+        "So 1/7 = 0.142857... of the pie.",
+        "20/26 = 0.77",
+        "2/3 = 0.6666666666666666",
+        "0.1 + 0.2 = 0.30000000000000004",
+        # real ProcessBench-math lines (math-382, -929, -315, -854, -46, -375, -884, -795, -555, -972)
+        "We are told that $\\frac{1}{7}=0.14285714285$... This means",
+        "Now we divide 1547 by 3 again: 1547 ÷ 3 = 515.66 (not a whole number).",
+        "Third, $9 \\div 7 = 1$ with a remainder of $2$.",
+        "\\[62 \\div 8 = 7 \\text{ remainder } 6\\] \\[7 \\div 8 = 0 \\text{ remainder } 7\\]",
+        "\\[ k > \\frac{20}{7} = 2\\frac{6}{7} \\]",
+        "For \\( x = 5 \\): \\[ f(5) = 12(5) + 7 = 60 + 7 = 67 \\]",
+        "\\[ \\frac{8100}{81} - \\frac{2500}{81} = 5AD^2, \\] \\[ \\frac{5600}{81} = 5AD^2. \\]",
+        "Calculate the squares: \\[ 21^2 = 441 \\] \\[ (-20)^2 = 400 \\] Add: \\[ 441 + 400 = 841 \\]",
+        "So, $3/16 = 1/8 + 1/16 = 0.0011_2$, where the radix point is between the second and third digits.",
+        "Performing the division: \\[ \\frac{1}{37} = 0.\\overline{027} \\]",
+        "\\(\\pi(6)^2 - \\pi(4)^2 = 20\\pi\\)",
+        "\\[f^{-1}(13) = 2*5 + 1\\]",
+        # real GSM8K reference lines
+        "Today, Alice sold 72 x 1/4 = <<72*1/4=18>>18 watermelons.",
+        "In 13 hours this cycle can fit 13 / 6 = 2 full cycles with a remainder of 1 hour",
+    ],
+)
+def test_results_within_the_written_precision_or_not_numbers_pass(text: str) -> None:
+    assert check_statements(text) == [], text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "56/6 = 9",
+        "<<56/6=9>>",
+        "10 / 3 = 3.4",
+        "2/3 = 0.65",
+        "1/7 = 0.14285714385714285",  # 17 digits, but wrong from the 9th
+        # real lines with real slips: a GSM8K reference solution, ProcessBench-math (math-106) and -gsm8k
+        "Jerry took 2*8 = 24 hours fixing the broken kitchen counter",
+        "So, there are C(9, 7) = (9 * 8 * 7 * 6 * 5 * 4) / (7 * 6 * 5 * 4 * 3 * 2 * 1) = 36 ways.",
+        "Now, we sum the number of people seen each day: \\[ 50 + 70 + 140 + 240 = 400 \\]",  # gsm8k-36
+        "the value of the nickels is: \\[ \\frac{40}{5} = 3 \\text{ dollars} \\]",  # gsm8k-141
+        "she received: \\[ \\$20 - \\$13.00 = \\$6.00 \\]",  # gsm8k-110
+    ],
+)
+def test_results_beyond_the_written_precision_are_flagged(text: str) -> None:
+    assert check_statements(text), text
+
+
+def test_processbench_math_false_alarms_are_rare(shared_data) -> None:
+    """Steps before the labelled first error are right; the judge flags almost none of them (was 78)."""
+    data = json.loads((shared_data / "processbench" / "math.json").read_text())
+    flags = [(d["id"], i) for d in data
+             for i, step in enumerate(d["steps"][: len(d["steps"]) if d["label"] < 0 else d["label"]])
+             if check_statements(step, i)]
+    assert len(flags) <= 5, flags
