@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetKey, DataVersion
+from dagster import AssetExecutionContext, AssetKey, DataVersion, Failure
+
+from prmforge.errors import ConfigError
+
+
+@contextmanager
+def fail_fast_on_config_errors() -> Iterator[None]:
+    """Fail the step at once, past its retry policy, when the user must fix something.
+
+    Why: a missing source file or an unknown dataset fails identically on
+    every attempt; three retries only hide the one line that says what to fix.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        raise Failure(description=f"configuration error (not retried): {exc}", allow_retries=False) from exc
 
 
 def upstream_metadata(context: AssetExecutionContext, asset: str) -> dict:

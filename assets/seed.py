@@ -66,9 +66,10 @@ from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
 
-from assets.common import table_data_version
+from assets.common import fail_fast_on_config_errors, table_data_version
 from assets.partitions import dataset_partitions
 from prmforge.contracts.datasets import dropped_contract, quarantine_contract, seed_contract
+from prmforge.errors import ConfigError
 from prmforge.ingest import (
     QUARANTINE_REASONS,
     BenchmarkSpec,
@@ -221,12 +222,15 @@ def _partition_range(context: AssetExecutionContext, ingest: IngestSettings, sto
     keys = list(context.partition_keys)
     backfill = context.run.tags.get(BACKFILL_ID_TAG)
     failed: dict[str, str] = {}
+    config_errors: dict[str, str] = {}  # all failures of this kind: retrying cannot help
     context.log.info(f"ingesting {len(keys)} datasets in one run: {', '.join(keys)}")
     for key in keys:
         try:
             source, result = _ingest(key, ingest, store)
         except Exception as exc:  # one bad dataset must not lose the others' work
             failed[key] = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ConfigError):
+                config_errors[key] = str(exc)
             context.log.error(f"{key}: not ingested, its stored partition is unchanged: {failed[key]}")
             continue
         context.log.info(f"{key}: {result.counts()}; quarantine reasons {result.reasons}")
@@ -240,9 +244,9 @@ def _partition_range(context: AssetExecutionContext, ingest: IngestSettings, sto
         for check_result in _checks(result, quality):
             yield _partition_evaluation(context, check_result, key)
     if failed:
-        raise SeedIngestError(
-            f"{len(failed)} of {len(keys)} datasets could not be ingested (the other {len(keys) - len(failed)} "
-            "were written): " + "; ".join(f"{k}: {msg}" for k, msg in failed.items()))
+        message = (f"{len(failed)} of {len(keys)} datasets could not be ingested (the other "
+                   f"{len(keys) - len(failed)} were written): " + "; ".join(f"{k}: {m}" for k, m in failed.items()))
+        raise ConfigError(message) if set(failed) == set(config_errors) else SeedIngestError(message)
 
 
 @multi_asset(
@@ -282,7 +286,8 @@ def seed_problems(
     """Ingest the run's dataset, or each dataset of its partition range (a single-run backfill)."""
     ingest = _settings(settings, config)
     store = storage.get()
-    if context.has_partition_key:
-        yield from _one_partition(context, ingest, store, quality)
-    else:
-        yield from _partition_range(context, ingest, store, quality)
+    with fail_fast_on_config_errors():
+        if context.has_partition_key:
+            yield from _one_partition(context, ingest, store, quality)
+        else:
+            yield from _partition_range(context, ingest, store, quality)

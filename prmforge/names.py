@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 
+from prmforge.errors import ConfigError
+
 MAX_NAME_LENGTH = 64
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(ConfigError):
     """A dataset, partition or model name that must not become a path."""
 
 

@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
+from prmforge.errors import ConfigError
 from prmforge.names import validate_name
 from prmforge.settings import home
 
@@ -51,8 +52,15 @@ _HEADER = """\
 """
 
 
-class RegistryError(ValueError):
+class RegistryError(ConfigError):
     """A registry file or entry that cannot be used; the message says which and why."""
+
+
+class UnknownDatasetError(ConfigError, KeyError):
+    """A dataset key that is in no registry (a ``KeyError`` too, for lookups)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class DatasetSpec(BaseModel):
@@ -194,12 +202,12 @@ def list_datasets(path: str | Path | None = None) -> list[DatasetSpec]:
 
 
 def get_dataset(key: str, path: str | Path | None = None) -> DatasetSpec:
-    """The entry for ``key``; :class:`KeyError` naming the registry file if absent."""
+    """The entry for ``key``; :class:`UnknownDatasetError` (a ``KeyError``) naming the registry if absent."""
     validate_name(key, "dataset key")
     reg = load_registry(path)
     if key not in reg:
-        p = Path(path) if path else default_registry_path()
-        raise KeyError(f"dataset {key!r} is not in the registry {p} (known: {sorted(reg)})")
+        p = path or os.environ.get(REGISTRY_ENV) or f"{REPO_REGISTRY.name} + {default_registry_path()}"
+        raise UnknownDatasetError(f"dataset {key!r} is not in the registry {p} (known: {sorted(reg)})")
     return reg[key]
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.parquet as pq
 
+from prmforge.errors import ConfigError
 from prmforge.settings import s3_options_from_env
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
@@ -45,6 +46,10 @@ FILE_ROW = -1  # file_row of a record that stands for a whole file
 
 class SourceError(RuntimeError):
     """The source itself cannot be reached; the message names the dataset and source."""
+
+
+class SourceNotFoundError(SourceError, ConfigError):
+    """The source does not exist or cannot be read as configured: retrying cannot help."""
 
 
 @dataclass
@@ -82,7 +87,7 @@ def filesystem_for(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return fsspec.filesystem("file"), parsed.path
     if parsed.scheme in ("", None) or len(parsed.scheme) == 1:  # plain or Windows path
         return fsspec.filesystem("file"), os.path.abspath(url)
-    raise SourceError(f"unsupported source URL {url!r}: use a local path, file:// or s3://")
+    raise SourceNotFoundError(f"unsupported source URL {url!r}: use a local path, file:// or s3://")
 
 
 def list_files(fs: fsspec.AbstractFileSystem, path: str, what: str) -> list[str]:
@@ -95,7 +100,7 @@ def list_files(fs: fsspec.AbstractFileSystem, path: str, what: str) -> list[str]
         elif fs.exists(path):
             return [path]
         else:
-            raise SourceError(f"{what}: {path!r} does not exist")
+            raise SourceNotFoundError(f"{what}: {path!r} does not exist")
     except SourceError:
         raise
     except Exception as exc:
@@ -272,7 +277,7 @@ def read_files(
     fs, path = filesystem_for(url)
     files = list_files(fs, path, what)
     if not files:
-        raise SourceError(f"{what}: no files under {url!r}")
+        raise SourceNotFoundError(f"{what}: no files under {url!r}")
     globbed = [i for i, c in enumerate(path) if c in "*?["]
     base = posixpath.dirname(path[: globbed[0]]) if globbed else path.rstrip("/")
     for f in files:
@@ -313,7 +318,7 @@ def read_hub(hub_id: str, options: dict[str, Any], split: str, what: str) -> Ite
         ds = datasets.load_dataset(hub_id, name=options.get("config"), split=options.get("hub_split", split),
                                    **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise SourceError(
+        raise SourceNotFoundError(
             f"{what}: dataset hub id {hub_id!r} could not be loaded offline from the local cache "
             f"({type(exc).__name__}: {str(exc)[:300]}). Download it on a connected machine into the "
             f"'datasets' cache (HF_HOME) or export it to JSONL/Parquet and register the file instead."
