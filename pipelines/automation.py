@@ -32,7 +32,6 @@ Policy
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 
 from dagster import (
@@ -49,8 +48,10 @@ from dagster import (
     RetryPolicy,
 )
 
+from prmforge import env
+from prmforge.env import gpu_pool_limit
+
 GPU_POOL = "gpu"
-DEFAULT_GPU_POOL_LIMIT = 1
 
 # stage -> asset names, in pipeline order. Jobs, the CLI and the docs use it.
 STAGES: dict[str, list[str]] = {
@@ -95,18 +96,6 @@ SINGLE_RUN_BACKFILL_ASSETS: frozenset[str] = frozenset(STAGES["seed"])
 K8S_GPU_TAG = "dagster-k8s/config"
 
 
-def gpu_pool_limit() -> int:
-    """Slots of the ``gpu`` pool: ``PRMFORGE_GPU_POOL_LIMIT`` or 1 (one GPU)."""
-    raw = os.environ.get("PRMFORGE_GPU_POOL_LIMIT", str(DEFAULT_GPU_POOL_LIMIT))
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"PRMFORGE_GPU_POOL_LIMIT must be an integer, got {raw!r}") from exc
-    if value < 1:
-        raise ValueError(f"PRMFORGE_GPU_POOL_LIMIT must be >= 1, got {value}")
-    return value
-
-
 def retry_policy() -> RetryPolicy | None:
     """Exponential backoff with jitter for remote or flaky steps.
 
@@ -114,12 +103,12 @@ def retry_policy() -> RetryPolicy | None:
     (default 5; then 10, 20, ... seconds) tune it; tests set small values.
     ``PRMFORGE_MAX_RETRIES=0`` disables retries.
     """
-    retries = int(os.environ.get("PRMFORGE_MAX_RETRIES", "3"))
+    retries = env.max_retries()
     if retries <= 0:
         return None
     return RetryPolicy(
         max_retries=retries,
-        delay=float(os.environ.get("PRMFORGE_RETRY_DELAY_S", "5")),
+        delay=env.retry_delay_s(),
         backoff=Backoff.EXPONENTIAL,
         jitter=Jitter.PLUS_MINUS,
     )

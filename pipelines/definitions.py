@@ -12,6 +12,7 @@ import assets.policy
 import assets.prm
 import assets.rollouts
 import assets.seed
+from prmforge.env import executor
 from resources import build_resources
 
 # Jobs spanning the seed stage (single-run backfills) and the GPU stages (one
@@ -27,9 +28,7 @@ ASSET_MODULES = [assets.seed, assets.policy, assets.rollouts, assets.labels, ass
 def _executor() -> Any:
     """``PRMFORGE_EXECUTOR=k8s`` runs each step in its own pod (``k8s_job_executor``,
     needs the ``k8s`` extra); anything else keeps Dagster's default executor."""
-    import os
-
-    if os.environ.get("PRMFORGE_EXECUTOR", "").lower() == "k8s":
+    if executor() == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor

@@ -18,9 +18,9 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from assets.partitions import DATASETS_PARTITIONS_NAME
 from pipelines.jobs import seed_job
+from prmforge import env
 from prmforge.registry import DatasetSpec, load_registry
 
-DEFAULT_REFRESH_CRON = "0 3 * * *"
 _GLOB_CHARS = set("*?[")
 
 
@@ -46,7 +46,7 @@ def mutable_source_keys() -> list[str]:
 
 def refresh_cron() -> str:
     """``PRMFORGE_REFRESH_CRON`` or daily at 03:00."""
-    return os.environ.get("PRMFORGE_REFRESH_CRON", DEFAULT_REFRESH_CRON).strip() or DEFAULT_REFRESH_CRON
+    return env.refresh_cron()
 
 
 @schedule(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import time
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from dagster import (
 
 from assets.partitions import DATASETS_PARTITIONS_NAME, dataset_partitions
 from pipelines.jobs import seed_job
+from prmforge.env import incoming_settle_s
 from prmforge.names import InvalidNameError, validate_name
 from prmforge.registry import RegistryError
 from prmforge.storage import Storage
@@ -72,7 +72,7 @@ class IncomingFile:
 
 def settle_seconds() -> float:
     """Minimum age of a dropped file before it is picked up."""
-    return float(os.environ.get("PRMFORGE_INCOMING_SETTLE_S", "2"))
+    return incoming_settle_s()
 
 
 def _mtime(info: dict) -> float | None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prmforge.settings import home
+from prmforge import env
+from prmforge.env import home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_CHOICES = ("tiny", "demo", "world")
@@ -72,12 +73,12 @@ def dagster_home() -> Path:
     The variable is exported so Dagster (and ``dagster dev`` started by
     ``prmforge ui``) use the same directory.
     """
-    path = Path(os.environ.get("DAGSTER_HOME") or home() / "dagster_home").resolve()
+    path = env.dagster_home(home() / "dagster_home").resolve()
     path.mkdir(parents=True, exist_ok=True)
     cfg = path / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML, encoding="utf-8")
-    os.environ["DAGSTER_HOME"] = str(path)
+    env.set_dagster_home(path)
     return path
 
 
@@ -87,10 +88,10 @@ def get_instance():
 
     dagster_home()
     instance = DagsterInstance.get()
-    if os.environ.get("PRMFORGE_GPU_POOL_LIMIT"):
-        from pipelines.automation import GPU_POOL, gpu_pool_limit
+    if env.gpu_pool_limit_set():
+        from pipelines.automation import GPU_POOL
 
-        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_pool_limit())
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, env.gpu_pool_limit())
     reap_dead_runs(instance)
     return instance
 
@@ -171,7 +172,7 @@ def reap_dead_runs(instance) -> list[str]:
 
 def _apply_profile(profile: str | None) -> None:
     if profile:
-        os.environ["PRMFORGE_PROFILE"] = profile
+        env.set_profile(profile)
 
 
 def _load_defs():
@@ -412,7 +413,7 @@ def _run(args: argparse.Namespace, instance) -> int:
         partitions = sorted(load_registry())
     from prmforge.profiles import active_profile
 
-    _say(f"prmforge run: profile {active_profile()}, DAGSTER_HOME {os.environ['DAGSTER_HOME']}")
+    _say(f"prmforge run: profile {active_profile()}, DAGSTER_HOME {env.get('DAGSTER_HOME')}")
     if added:
         _say(f"registered dataset partitions: {', '.join(added)}")
     _say(f"datasets: {', '.join(partitions) or '(none)'}"
@@ -483,9 +484,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         pass
     cmd = ui_command(args.host, args.port)
     _say(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME {home_dir}); Ctrl-C stops it")
-    env = dict(os.environ, DAGSTER_HOME=str(home_dir))
     proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT) if (REPO_ROOT / "workspace.yaml").exists() else None,
-                            env=env)
+                            env=env.child_env(DAGSTER_HOME=str(home_dir)))
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -27,8 +27,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from prmforge.env import model_cache_dir
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-MODEL_CACHE_ENV = "PRMFORGE_MODEL_CACHE"
 
 
 class ModelSourceError(RuntimeError):
@@ -37,13 +38,6 @@ class ModelSourceError(RuntimeError):
 
 class PickleWeightsError(ModelSourceError):
     """A model folder has no safetensors weights; pickle checkpoints are refused (they run code on load)."""
-
-
-def model_cache_dir() -> Path:
-    """``PRMFORGE_MODEL_CACHE``, or ``<PRMFORGE_HOME>/cache/models``."""
-    from prmforge.settings import home
-
-    return Path(os.environ.get(MODEL_CACHE_ENV) or home() / "cache" / "models")
 
 
 def resolve_model_dir(ref: str) -> Path | str:

@@ -36,11 +36,10 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
+from prmforge.env import home, registry_path
 from prmforge.errors import ConfigError
 from prmforge.names import validate_name
-from prmforge.settings import home
 
-REGISTRY_ENV = "PRMFORGE_REGISTRY"
 REPO_REGISTRY = Path(__file__).resolve().parents[1] / "datasets.yaml"
 BUNDLED_DIR = Path(__file__).resolve().parent / "data"
 SOURCE_KINDS = ("world", "incoming", "bundled", "hub", "path")
@@ -148,8 +147,7 @@ def default_registry_path() -> Path:
     Never the checkout's ``datasets.yaml``: a read-only or container checkout
     must keep working, and two data homes must not see each other's datasets.
     """
-    env = os.environ.get(REGISTRY_ENV)
-    return Path(env) if env else home() / "datasets.yaml"
+    return registry_path() or home() / "datasets.yaml"
 
 
 def builtin_entries() -> dict[str, DatasetSpec]:
@@ -170,7 +168,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, DatasetSpec]:
     ones if it does not exist). Otherwise the shipped ``datasets.yaml``
     overlaid by the data home's registry, whose entries win.
     """
-    if path or os.environ.get(REGISTRY_ENV):
+    if path or registry_path():
         return _read_registry_file(Path(path) if path else default_registry_path(), builtin_entries())
     shipped = _read_registry_file(REPO_REGISTRY, builtin_entries())
     return shipped | _read_registry_file(default_registry_path(), {})
@@ -257,7 +255,7 @@ def add_dataset(
     if key in known and not overwrite and known[key] != spec:
         raise RegistryError(f"dataset {key!r} is already registered (source {known[key].source!r}); pass overwrite")
     target = Path(path) if path else default_registry_path()
-    own = _read_registry_file(target, builtin_entries() if (path or os.environ.get(REGISTRY_ENV)) else {})
+    own = _read_registry_file(target, builtin_entries() if (path or registry_path()) else {})
     own[key] = spec
     save_registry(own, target)
     return spec

@@ -30,8 +30,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prmforge.env import default_storage_root, s3_options_from_env
 from prmforge.names import validate_name
-from prmforge.settings import default_storage_root, s3_options_from_env
 
 COMPLETE_MARKER = "_COMPLETE"
 

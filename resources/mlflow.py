@@ -15,7 +15,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from prmforge.settings import default_storage_root, default_tracking_uri
+from prmforge.env import default_storage_root, default_tracking_uri
 
 # A key names a secret when its last word does (``api_key``, ``hf_token``,
 # ``aws_secret_access_key``, ``password``); ``max_tokens`` or

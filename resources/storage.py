@@ -6,7 +6,7 @@ import pyarrow as pa
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
-from prmforge.settings import default_storage_root
+from prmforge.env import default_storage_root
 from prmforge.storage import Storage
 
 
@@ -14,7 +14,7 @@ class StorageResource(ConfigurableResource):
     """The storage root every dataset, shard and model lives under.
 
     ``root`` is ``file:///...`` or ``s3://bucket/prefix``; S3 endpoint, region
-    and credentials come from the environment (see ``prmforge.settings``).
+    and credentials come from the environment (see ``prmforge.env``).
     """
 
     root: str = Field(default_factory=default_storage_root, description="file:// or s3:// URL")

@@ -50,8 +50,8 @@ def test_compose_services_ports_and_env() -> None:
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "[gpu" in (INFRA / "Dockerfile.gpu").read_text()  # the image installs the gpu extra
     env = gpu["environment"]
-    # Variables prmforge reads (prmforge/settings.py, pipelines/*): same names here.
-    settings_src = (REPO / "prmforge" / "settings.py").read_text()
+    # Variables prmforge reads (prmforge/env.py, the only module that reads the environment): same names here.
+    settings_src = (REPO / "prmforge" / "env.py").read_text()
     for var in ("PRMFORGE_STORAGE_ROOT", "PRMFORGE_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI",
                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert var in env and var in settings_src, var

@@ -14,7 +14,6 @@ Where to read a stage's contract: ``prmforge/contracts/<stage>.py``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -24,13 +23,15 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from prmforge.env import disable_gx_analytics
+
 _LOCK = threading.Lock()
 _CONTEXT: Any = None
 
 
 def gx_module() -> Any:
     """Great Expectations with analytics off (no network); imported on first use (~3 s)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    disable_gx_analytics()
     import great_expectations as gx
 
     return gx

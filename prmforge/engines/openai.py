@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import threading
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 
 from prmforge.engines.base import Completion, Engine, SamplingParams
+from prmforge.env import secret
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class OpenAIEngine(Engine):
 
     # ---- secrets -------------------------------------------------------------
     def _key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        return secret(self.api_key_env)
 
     def _scrub(self, text: str) -> str:
         key = self._key()

@@ -28,8 +28,8 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.parquet as pq
 
+from prmforge.env import force_hub_offline, s3_options_from_env
 from prmforge.errors import ConfigError
-from prmforge.settings import s3_options_from_env
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
 _EXT = {
@@ -297,8 +297,7 @@ def read_hub(hub_id: str, options: dict[str, Any], split: str, what: str) -> Ite
     missing dataset fails at once with a message naming it instead of
     waiting on the network.
     """
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    force_hub_offline()
     try:
         import datasets
         import datasets.config as dconfig

@@ -21,16 +21,11 @@ import shutil
 import uuid
 from pathlib import Path
 
+from prmforge.env import POLICY_CACHE_VAR, policy_cache_dir
 from prmforge.storage import COMPLETE_MARKER
 
-CACHE_ENV = "PRMFORGE_POLICY_CACHE"
+CACHE_ENV = POLICY_CACHE_VAR
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "policy_info.json")
-
-
-def policy_cache_dir() -> Path | None:
-    """The cache directory from ``PRMFORGE_POLICY_CACHE``, or None when unset (no caching)."""
-    value = os.environ.get(CACHE_ENV, "").strip()
-    return Path(value).expanduser().resolve() if value else None
 
 
 def cached_policy(config_hash: str) -> Path | None:

@@ -108,7 +108,7 @@ def load_source(source: str, world_table: pa.Table | None = None) -> LoadedBench
     if source.startswith(("s3://", "s3a://", "file://")):
         import fsspec
 
-        from prmforge.settings import s3_options_from_env
+        from prmforge.env import s3_options_from_env
 
         opts = s3_options_from_env() if source.startswith("s3") else {}
         try:

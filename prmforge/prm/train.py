@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import tempfile
 import time
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from prmforge.env import local_rank, world_size
 from prmforge.prm.data import IGNORE_INDEX, EncodedExample, collate
 from prmforge.prm.model import ProcessRewardModel
 
@@ -81,7 +81,7 @@ class TrainResult:
 # ---- distributed helpers ------------------------------------------------------------
 def dist_info() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
@@ -327,7 +327,7 @@ def train_prm(
     rank, world = dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local_rank())
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model.to(device).train()
