@@ -18,7 +18,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetKey,
-    Config,
     MetadataValue,
     Output,
     asset,
@@ -33,13 +32,13 @@ from prmforge.labeling.consensus import (
     validate_consensus,
 )
 from prmforge.labeling.mc import MCItem, MCResult, default_grader, run_search
-from prmforge.labeling.settings import ConsensusSettings, JudgeSettings, MCSettings
+from prmforge.labeling.settings import MCSettings
 from prmforge.schemas import register_schema
 from prmforge.sharding import Progress, fingerprint, run_sharded
 from resources.engine import EngineResource
 from resources.judge import JudgeResource, JudgeRow
 from resources.mlflow import MLflowResource
-from resources.settings import SettingsResource
+from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
 MC = "mc_step_labels"
@@ -93,30 +92,9 @@ CONSENSUS_CHECKS = {
 }
 
 
-class MCConfig(Config):
-    """Run-config overrides of ``MCSettings`` (None = the profile's value)."""
-
-    mode: str | None = None
-    k: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    seed: int | None = None
-    shard_size: int | None = None
-    batch_prefixes: int | None = None
-    step_separator: str | None = None
-
-
-class JudgeConfig(Config):
-    max_tokens: int | None = None
-    temperature: float | None = None
-    seed: int | None = None
-    shard_size: int | None = None
-
-
-class ConsensusConfig(Config):
-    kept_share_min: float | None = None
-    kept_share_max: float | None = None
-    audit_target: float | None = None
+MCConfig = stage_config(MC)
+JudgeConfig = stage_config(JUDGE)
+ConsensusConfig = stage_config(CONSENSUS)
 
 
 def _log_mlflow(context: AssetExecutionContext, mlflow: MLflowResource, stage: str, params: dict[str, Any],
@@ -202,7 +180,7 @@ def mc_step_labels(
     """Label every rollout of the partition; shards are resumable across killed runs."""
     from prmforge.steps import resolve_separator
 
-    s = settings.stage(MCSettings, MC, **config.model_dump())
+    s = settings.stage(MC, config)
     partition = context.partition_key
     model, bootstrap = _policy_model(context, policy_engine)
     separator = resolve_separator(s.step_separator, bootstrap)
@@ -275,7 +253,7 @@ def judge_step_labels(
     judge: JudgeResource,
     mlflow: MLflowResource,
 ) -> Output[pa.Table]:
-    s = settings.stage(JudgeSettings, JUDGE, **config.model_dump())
+    s = settings.stage(JUDGE, config)
     partition = context.partition_key
     problems = dict(zip(seed_problems.column("problem_id").to_pylist(), seed_problems.column("problem").to_pylist(),
                         strict=True))
@@ -355,7 +333,7 @@ def consensus_labels(
 ) -> Iterator[Any]:
     from prmforge.labeling.audit import audit
 
-    s = settings.stage(ConsensusSettings, CONSENSUS, **config.model_dump())
+    s = settings.stage(CONSENSUS, config)
     partition = context.partition_key
     judge_names = sorted(set(judge_step_labels.column("judge").to_pylist())) or ["none"]
     res = build_consensus(mc_step_labels, judge_step_labels, ",".join(judge_names))

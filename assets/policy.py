@@ -1,8 +1,8 @@
 """``policy_model`` (train or reuse the bootstrap policy), ``prm_base_model`` and ``world_benchmark``.
 
 ``prm_base_model`` is the language model the PRM starts from. It is trained by
-the same code as the policy, from the ``policy`` settings with the profile's
-``prm_base`` entries on top; with none (tiny, demo) its config hash equals the
+the same code as the policy, from the ``policy_model`` settings with the profile's
+``prm_base_model`` entries on top; with none (tiny, demo) its config hash equals the
 policy's, so it *is* the policy folder, reused at no cost. The world profile
 trains it longer: a verifier that knows more than the policy it reranks
 (docs/prm.md says why and what it measured).
@@ -25,7 +25,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    Config,
     DataVersion,
     MaterializeResult,
     MetadataValue,
@@ -36,41 +35,23 @@ from pydantic import Field
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
 from prmforge.policy import PolicySettings
-from prmforge.policy.benchmark import BenchmarkSettings, build_world_benchmark
+from prmforge.policy.benchmark import build_world_benchmark
 from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
 from prmforge.policy.store import PolicyBuild, ensure_policy
-from prmforge.profiles import PROFILES
 from resources.mlflow import MLflowResource
-from resources.settings import SettingsResource
+from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
 MIN_BENCHMARK_PER_CLASS = 5
 
 
-class PolicyConfig(Config):
-    """Run-config overrides of the ``policy`` settings; None takes the profile's value."""
-
-    difficulty: str | None = None
-    n_train_problems: int | None = None
-    train_steps: int | None = None
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    num_threads: int | None = None
-    calib_problems: int | None = None
-    force_retrain: bool = Field(False, description="train even if a complete model with this config exists")
-
-
-class WorldBenchmarkConfig(Config):
-    """Run-config overrides of the ``world_benchmark`` settings."""
-
-    n_problems: int | None = None
-    samples_per_problem: int | None = None
-    size: int | None = None
-    seed: int | None = None
-    min_per_class: int = MIN_BENCHMARK_PER_CLASS
+_FORCE_RETRAIN = {"force_retrain": (bool, Field(False, description="train even if a complete model with this "
+                                                             "config exists"))}
+PolicyConfig = stage_config("policy_model", extra=_FORCE_RETRAIN)
+PRMBaseConfig = stage_config("prm_base_model", extra=_FORCE_RETRAIN)
+WorldBenchmarkConfig = stage_config("world_benchmark", extra={
+    "min_per_class": (int, Field(MIN_BENCHMARK_PER_CLASS, description="fewest fully correct and erroneous rows "
+                                 "the benchmark_usable check accepts"))})
 
 
 def _find_run(mlflow: MLflowResource, config_hash: str) -> str | None:
@@ -125,7 +106,7 @@ def policy_model(
     mlflow: MLflowResource,
 ) -> MaterializeResult:
     """Train (or reuse when unchanged) and calibrate the bootstrap policy."""
-    ps = settings.stage(PolicySettings, "policy", **config.model_dump(exclude={"force_retrain"}))
+    ps = settings.stage("policy_model", config)
     return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow)
 
 
@@ -133,20 +114,18 @@ def policy_model(
     group_name="policy",
     # No calibration band here: the band keeps a *policy* wrong often enough to label; a verifier's
     # base should know as much as possible (its calibration is still reported as metadata).
-    description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base` entries. "
+    description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base_model` entries. "
     "Without any it is the policy's own folder (same config hash, reused). Path: <root>/models/policy/<hash>/",
 )
 def prm_base_model(
     context: AssetExecutionContext,
-    config: PolicyConfig,
+    config: PRMBaseConfig,
     settings: SettingsResource,
     storage: StorageResource,
     mlflow: MLflowResource,
 ) -> MaterializeResult:
     """Train (or reuse) the PRM's base LM; the policy itself unless the profile asks for more."""
-    overrides = {**PROFILES[settings.profile].get("prm_base", {}),
-                 **{k: v for k, v in config.model_dump(exclude={"force_retrain"}).items() if v is not None}}
-    ps = settings.stage(PolicySettings, "policy", **overrides)
+    ps = settings.stage("prm_base_model", config)
     return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow, band_check=False)
 
 
@@ -211,9 +190,8 @@ def world_benchmark(
 
     uri = upstream_uri(context, "policy_model")
     difficulty = str(upstream_metadata(context, "policy_model").get("difficulty") or "easy")
-    bs = settings.stage(BenchmarkSettings, "world_benchmark",
-                        **config.model_dump(exclude={"min_per_class"}))
-    ps = settings.stage(PolicySettings, "policy")
+    bs = settings.stage("world_benchmark", config)
+    ps = settings.stage("policy_model")
     with policy_engine(uri, bs.sample_batch_size, ps.num_threads) as engine:
         table, summary = build_world_benchmark(engine, bs, difficulty)
     context.log.info(f"world_benchmark from {uri}: {summary}")

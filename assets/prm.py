@@ -20,7 +20,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetRecordsFilter,
-    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -28,10 +27,10 @@ from dagster import (
 )
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
-from prmforge.prm.settings import PRMEvalSettings, PRMRegistrySettings, PRMTrainSettings
+from prmforge.prm.settings import PRMTrainSettings
 from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
-from resources.settings import SettingsResource
+from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
 PRM_MODEL = "prm_model"
@@ -43,34 +42,9 @@ TARGET_WORLD_F1 = 0.80
 TARGET_BON_MARGIN = 0.05
 
 
-class PRMModelConfig(Config):
-    """Run-config overrides of :class:`PRMTrainSettings` (None = the profile's value)."""
-
-    base_model: str | None = None
-    datasets: list[str] | None = None
-    epochs: float | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    micro_batch_size: int | None = None
-    max_length: int | None = None
-    seed: int | None = None
-    backbone_lr_ratio: float | None = None
-    surprisal: bool | None = None
-    surprisal_reference: bool | None = None
-    freeze_backbone: bool | None = None
-
-
-class PRMEvalConfig(Config):
-    benchmarks: list[str] | None = None
-    bon_n: int | None = None
-    bon_problems: int | None = None
-    threshold_split: float | None = None
-
-
-class RegisteredPRMConfig(Config):
-    model_name: str | None = None
-    gate_metric: str | None = None
-    gate_margin: float | None = None
+PRMModelConfig = stage_config(PRM_MODEL)
+PRMEvalConfig = stage_config(PRM_EVALUATION)
+RegisteredPRMConfig = stage_config(REGISTERED_PRM)
 
 
 def partition_data_versions(context: AssetExecutionContext, asset: str) -> dict[str, str]:
@@ -139,7 +113,7 @@ def prm_model(
 
     from prmforge.prm.pipeline import fit, select_rows
 
-    s = settings.stage(PRMTrainSettings, PRM_MODEL, **config.model_dump())
+    s = settings.stage(PRM_MODEL, config)
     rows = select_rows(consensus_labels, s.datasets)
     if not rows:
         # Deterministic: retrying cannot help, so no retries (the orchestration layer retries remote steps).
@@ -205,7 +179,7 @@ def prm_evaluation(
     from prmforge.prm.model import ProcessRewardModel
     from prmforge.prm.pipeline import evaluate
 
-    s = settings.stage(PRMEvalSettings, PRM_EVALUATION, **config.model_dump())
+    s = settings.stage(PRM_EVALUATION, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
     model, tok = ProcessRewardModel.load(str(prm_meta["uri"]))
     store = storage.get()
@@ -267,7 +241,7 @@ def registered_prm(
     from prmforge.prm.pyfunc import log_pyfunc
     from prmforge.prm.registry import git_commit, register_and_gate
 
-    s = settings.stage(PRMRegistrySettings, REGISTERED_PRM, **config.model_dump())
+    s = settings.stage(REGISTERED_PRM, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
     eval_meta = upstream_metadata(context, PRM_EVALUATION)
     value = float(eval_meta.get(s.gate_metric, float("nan")))

@@ -18,37 +18,20 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    Config,
     MetadataValue,
     Output,
     asset,
 )
-from pydantic import Field
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
-from prmforge.rollouts import DATASET, RolloutSettings, chat_wrapper, generate_rollouts, select_problems
+from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, select_problems
 from prmforge.sharding import Progress
 from resources.engine import EngineResource
-from resources.settings import SettingsResource
+from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
-
-class RolloutConfig(Config):
-    """Run-config overrides of the ``rollouts`` settings; None takes the profile's value."""
-
-    n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    prompt_template: str | None = Field(None, description="'auto', 'world' or a format string with {problem}")
-    chat_template: bool | None = None
-    step_separator: str | None = None
-    shard_size: int | None = None
-    max_problems: int | None = None
-    truncation_warn_rate: float | None = None
+RolloutConfig = stage_config(DATASET)
 
 
 def _checks() -> list[AssetCheckSpec]:
@@ -94,7 +77,7 @@ def policy_rollouts(
 ) -> Iterator[Any]:
     """Sample the policy on every seed problem of the partition."""
     partition = context.partition_key
-    rs = settings.stage(RolloutSettings, "rollouts", **config.model_dump())
+    rs = settings.stage(DATASET, config)
     bootstrap = not policy_engine.model
     model = policy_engine.model or upstream_uri(context, "policy_model")
     engine_cfg = policy_engine.config(model_override=model)

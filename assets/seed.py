@@ -64,7 +64,6 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 from dagster._core.storage.tags import BACKFILL_ID_TAG
-from pydantic import Field
 
 from assets.common import fail_fast_on_config_errors, table_data_version
 from assets.partitions import dataset_partitions
@@ -72,7 +71,6 @@ from prmforge.contracts.datasets import dropped_contract, quarantine_contract, s
 from prmforge.errors import ConfigError
 from prmforge.ingest import (
     QUARANTINE_REASONS,
-    BenchmarkSpec,
     IngestResult,
     IngestSettings,
     ingest_dataset,
@@ -80,7 +78,7 @@ from prmforge.ingest import (
 )
 from prmforge.storage import Storage
 from resources.quality import QualityResource
-from resources.settings import SettingsResource
+from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
 SEED = "seed_problems"
@@ -88,33 +86,11 @@ QUARANTINE = "seed_problems_quarantine"
 DROPPED = "seed_problems_dropped"
 
 
-class BenchmarkConfig(Config):
-    """One evaluation benchmark (see ``prmforge.ingest.BenchmarkSpec``)."""
-
-    name: str
-    path: str
-    format: str = "auto"
-    column: str | None = None
-    mode: str = "ngram"
+SeedConfig = stage_config(SEED)
 
 
-class SeedConfig(Config):
-    """Run-config overrides of the ``ingest`` settings; None takes the profile's value."""
-
-    max_problem_chars: int | None = None
-    max_answer_chars: int | None = None
-    ngram: int | None = None
-    world_size: int | None = None
-    world_seed: int | None = None
-    eval_benchmarks: list[BenchmarkConfig] | None = Field(default=None, description="replaces the profile's list")
-    registry_path: str | None = Field(default=None, description="datasets.yaml to read (default: the repo's)")
-
-
-def _settings(settings: SettingsResource, config: SeedConfig) -> IngestSettings:
-    overrides: dict[str, Any] = config.model_dump(exclude={"eval_benchmarks"})
-    if config.eval_benchmarks is not None:
-        overrides["eval_benchmarks"] = [BenchmarkSpec(**b.model_dump()) for b in config.eval_benchmarks]
-    return settings.stage(IngestSettings, "ingest", **overrides)
+def _settings(settings: SettingsResource, config: Config) -> IngestSettings:
+    return settings.stage(SEED, config)
 
 
 class SeedIngestError(RuntimeError):

@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 
-from prmforge.policy import PolicySettings
 from prmforge.policy.calibration import calibrate
 from prmforge.policy.train import train_policy
 from prmforge.profiles import stage_settings
@@ -36,7 +35,7 @@ def main() -> None:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    s = stage_settings(PolicySettings, "policy", args.profile, **overrides)
+    s = stage_settings("policy_model", args.profile, **overrides)
     print(f"profile {args.profile}; settings {s.model_dump()}")
     print(f"cpu count {os.cpu_count()}, load average {os.getloadavg()} (the CPU is shared)")
     problems = generate_problems(s.calib_problems, s.calib_seed, s.difficulty, split="heldout")

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from prmforge.answers import grade
+from prmforge.config import StageSettings
 from prmforge.engines.base import Engine, SamplingParams
 from prmforge.schemas import register_schema
 from prmforge.sharding import Progress, fingerprint, run_sharded, shard_seed
@@ -58,14 +59,14 @@ INSTRUCT_TEMPLATE = (
 )
 
 
-class RolloutSettings(BaseModel):
-    """How rollouts are sampled (demo defaults; profiles and run config override)."""
+class RolloutSettings(StageSettings):
+    """``policy_rollouts``: how rollouts are sampled (demo defaults; profiles and run config override)."""
 
     n: int = Field(4, gt=0, description="rollouts per problem")
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(160, gt=0)
-    seed: int = 0
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_tokens: int = Field(160, gt=0, description="max new tokens of one rollout")
+    seed: int = Field(0, description="sampling seed (each shard derives its own)")
     stop: list[str] = Field(default_factory=list, description="stop strings (cut from the text)")
     prompt_template: str = Field(
         "auto", description="'auto' (world prompt for the bootstrap policy, else an instruct prompt), 'world', "

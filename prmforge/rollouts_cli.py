@@ -18,7 +18,7 @@ import sys
 
 from prmforge.engines.factory import EngineConfig, make_engine
 from prmforge.profiles import stage_settings
-from prmforge.rollouts import DATASET, RolloutSettings, generate_rollouts
+from prmforge.rollouts import DATASET, generate_rollouts
 from prmforge.storage import Storage
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     storage = Storage(args.root)
-    settings = stage_settings(RolloutSettings, "rollouts", args.profile, **json.loads(args.settings))
+    settings = stage_settings("policy_rollouts", args.profile, **json.loads(args.settings))
     cfg = EngineConfig(**{**json.loads(args.engine), "model": args.model})
     problems = storage.read_dataset("seed_problems", args.partition)
     run = generate_rollouts(storage, args.partition, problems, settings, cfg.identity(),

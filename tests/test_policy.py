@@ -28,7 +28,7 @@ def tiny() -> PolicySettings:
 
     (The full tiny policy is trained once per session by ``policy_model`` through the policy cache.)
     """
-    return stage_settings(PolicySettings, "policy", profile="tiny", train_steps=30, log_every=10)
+    return stage_settings("policy_model", profile="tiny", train_steps=30, log_every=10)
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ def test_select_balanced_caps_at_smaller_class(n_correct):
 
 
 def test_prm_base_model_is_the_policy_unless_the_profile_asks_for_more(local_root, monkeypatch):
-    """Without ``prm_base`` entries the PRM's base LM is the policy's own folder (no extra training);
+    """Without ``prm_base_model`` entries the PRM's base LM is the policy's own folder (no extra training);
     with them (the world profile's case) it is a separately trained sibling under its own hash."""
     from assets.policy import prm_base_model
     from prmforge.profiles import PROFILES
@@ -140,7 +140,7 @@ def test_prm_base_model_is_the_policy_unless_the_profile_asks_for_more(local_roo
     assert base["reused"] is True  # the policy folder, not a second training
     assert base["mlflow_run_id"] == policy["mlflow_run_id"]
 
-    monkeypatch.setitem(PROFILES["tiny"], "prm_base", {"train_steps": 20, "seed": 3})
+    monkeypatch.setitem(PROFILES["tiny"], "prm_base_model", {"train_steps": 20, "seed": 3})
     assert materialize([prm_base_model], resources=resources, instance=instance).success
     sibling = _meta(instance, "prm_base_model")
     assert sibling["config_hash"] != policy["config_hash"] and sibling["reused"] is False

@@ -4,34 +4,37 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from prmforge.config import StageSettings
 
 
-class MCSettings(BaseModel):
-    """Monte Carlo estimation of step-prefix values (``mc_step_labels``)."""
+class MCSettings(StageSettings):
+    """``mc_step_labels``: Monte Carlo estimation of step-prefix values."""
 
-    mode: Literal["per_step", "binary_search"] = "binary_search"
+    mode: Literal["per_step", "binary_search"] = Field("binary_search", description="probe every step prefix, "
+                                                       "or binary-search the first one whose value drops to 0")
     k: int = Field(8, gt=0, description="completions sampled from each probed prefix")
     max_tokens: int = Field(160, gt=0, description="max new tokens of one completion")
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of the completions")
+    seed: int = Field(0, description="sampling seed (each shard derives its own)")
     shard_size: int = Field(128, gt=0, description="rollouts per resumable shard")
     batch_prefixes: int = Field(128, gt=0, description="prefixes per engine call (each sampled k times)")
     step_separator: str = Field("auto", description="'auto', 'world', 'paragraph' or a literal separator")
 
 
-class JudgeSettings(BaseModel):
-    """Sampling of the LLM judge (``judge_step_labels``); the calculator ignores them."""
+class JudgeSettings(StageSettings):
+    """``judge_step_labels``: sampling of the LLM judge (the calculator ignores them)."""
 
-    max_tokens: int = Field(512, gt=0)
-    temperature: float = Field(0.0, ge=0)
-    seed: int = 0
-    shard_size: int = Field(128, gt=0)
+    max_tokens: int = Field(512, gt=0, description="max new tokens of one verdict")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature of the judge")
+    seed: int = Field(0, description="sampling seed of the judge")
+    shard_size: int = Field(128, gt=0, description="rollouts per resumable shard (LLM judge only)")
 
 
-class ConsensusSettings(BaseModel):
-    """Consensus filtering bounds and the audit target (``consensus_labels``)."""
+class ConsensusSettings(StageSettings):
+    """``consensus_labels``: consensus filtering bounds and the audit target."""
 
     kept_share_min: float = Field(0.05, ge=0, le=1, description="WARN below this kept share")
     kept_share_max: float = Field(0.98, ge=0, le=1, description="WARN above this kept share (no filtering)")

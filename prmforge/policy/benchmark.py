@@ -15,8 +15,9 @@ import json
 import random
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from prmforge.config import StageSettings
 from prmforge.engines.base import Engine
 from prmforge.policy.sample import JudgedSample, sample_and_judge
 from prmforge.schemas import register_schema
@@ -41,17 +42,17 @@ WORLD_BENCHMARK = register_schema(
 )
 
 
-class BenchmarkSettings(BaseModel):
-    """Size and sampling of the held-out world benchmark."""
+class BenchmarkSettings(StageSettings):
+    """``world_benchmark``: size and sampling of the held-out world benchmark."""
 
     n_problems: int = Field(200, description="held-out problems sampled")
-    samples_per_problem: int = 4
+    samples_per_problem: int = Field(4, description="samples drawn per problem")
     size: int = Field(300, description="target rows (half correct, half erroneous)")
     seed: int = Field(3000, description="world seed of the benchmark problems (split 'heldout')")
-    temperature: float = 1.0
+    temperature: float = Field(1.0, description="sampling temperature")
     difficulty: str | None = Field(None, description="None: the policy's difficulty")
-    max_new_tokens: int = 160
-    sample_batch_size: int = 64
+    max_new_tokens: int = Field(160, description="max new tokens of one sample")
+    sample_batch_size: int = Field(64, description="prompts per sampling batch")
 
 
 def select_balanced(samples: list[JudgedSample], size: int, seed: int) -> list[JudgedSample]:

@@ -5,44 +5,46 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from prmforge.config import StageSettings
 
 # Bump when training code changes in a way that changes the trained weights,
 # so ``policy_model`` retrains instead of reusing a stale model.
 POLICY_CODE_VERSION = "1"
 
 
-class PolicySettings(BaseModel):
-    """What world the policy is trained on, its size, and how it is calibrated."""
+class PolicySettings(StageSettings):
+    """``policy_model`` (and ``prm_base_model``): the world the policy learns, its size and calibration."""
 
     # world
     difficulty: str = Field("easy", description="world difficulty the policy is trained and calibrated on")
     n_train_problems: int = Field(20000, description="training problems (split 'train')")
     train_seed: int = Field(1000, description="world seed of the training problems")
     # tokenizer
-    vocab_size: int = 768
+    vocab_size: int = Field(768, description="BPE vocabulary size")
     tokenizer_problems: int = Field(3000, description="problems per difficulty the BPE is fitted on")
     # architecture (LlamaConfig)
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 3
-    num_heads: int = 4
-    max_seq_len: int = 256
+    hidden_size: int = Field(128, description="Llama hidden size")
+    intermediate_size: int = Field(384, description="Llama MLP intermediate size")
+    num_layers: int = Field(3, description="Llama decoder layers")
+    num_heads: int = Field(4, description="attention heads")
+    max_seq_len: int = Field(256, description="maximum sequence length in tokens")
     # optimisation
-    train_steps: int = 600
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    seed: int = 0
+    train_steps: int = Field(600, description="optimizer steps")
+    batch_size: int = Field(32, description="problems per optimizer step")
+    learning_rate: float = Field(3e-3, description="peak AdamW learning rate")
+    warmup_steps: int = Field(100, description="linear warmup steps")
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+    seed: int = Field(0, description="seed of initialisation and data order")
     num_threads: int = Field(1, description="torch CPU threads (part of determinism; 1 is fastest on a shared 2-core box)")
-    log_every: int = 50
+    log_every: int = Field(50, description="steps between logged training losses")
     # calibration
     calib_problems: int = Field(300, description="held-out problems sampled once each at calib_temperature")
-    calib_seed: int = 2000
-    calib_temperature: float = 1.0
-    max_new_tokens: int = 160
-    sample_batch_size: int = 64
+    calib_seed: int = Field(2000, description="world seed of the calibration problems")
+    calib_temperature: float = Field(1.0, description="sampling temperature of the calibration")
+    max_new_tokens: int = Field(160, description="max new tokens of one calibration sample")
+    sample_batch_size: int = Field(64, description="prompts per sampling batch")
 
     def config_hash(self) -> str:
         """Hash of every field that shapes the weights, plus the code version (the reuse key)."""

@@ -1,37 +1,47 @@
-"""Settings of the three PRM stages (``demo`` defaults; ``tiny``/``world`` in ``prmforge.profiles``)."""
+"""Settings of the three PRM stages (``demo`` defaults; ``tiny``/``world`` in ``prmforge.profiles``).
+
+``PRMTrainSettings`` is also what the trainer (``prmforge.prm.train``) takes:
+there is no second copy of the optimisation settings.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from prmforge.config import StageSettings
 
 
-class PRMTrainSettings(BaseModel):
+class PRMTrainSettings(StageSettings):
     """``prm_model``: what to train on, from which backbone, and how."""
 
     base_model: str = Field("policy", description="'policy' (the prm_base_model asset: the policy, or a stronger "
-                            "sibling when the profile's prm_base stage says so), a hub id, local path or URI")
+                            "sibling when the profile's prm_base_model stage says so), a hub id, local path or URI")
     datasets: list[str] | None = Field(None, description="dataset partitions to train on; None = all")
-    head: Literal["two_class", "scalar"] = "two_class"
-    loss: Literal["ce", "bce", "mse"] = "ce"
-    max_length: int = 256
-    lr: float = 3e-3  # the head's; the backbone gets lr x backbone_lr_ratio
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    epochs: float = 3.0
+    head: Literal["two_class", "scalar"] = Field("two_class", description="two_class: right/wrong logits per "
+                                                 "step; scalar: one score per step")
+    loss: Literal["ce", "bce", "mse"] = Field("ce", description="loss on the step labels")
+    max_length: int = Field(256, description="tokens per example; trailing steps beyond it are dropped (counted)")
+    lr: float = Field(3e-3, description="peak learning rate of the head; the backbone gets lr x backbone_lr_ratio")
+    weight_decay: float = Field(0.01, description="AdamW weight decay (not on biases and norms)")
+    warmup_ratio: float = Field(0.06, description="share of the steps spent in linear warmup")
+    min_lr_ratio: float = Field(0.1, description="cosine decay ends at this share of the peak learning rate")
+    epochs: float = Field(3.0, description="passes over the data (when max_steps is None)")
     max_steps: int | None = Field(60, description="cap on optimizer steps (None: epochs decide); bounds demo time")
-    micro_batch_size: int = 32
-    grad_accum: int = 1
-    group_by_length: int = 8
+    micro_batch_size: int = Field(32, description="examples per forward pass (per rank)")
+    grad_accum: int = Field(1, description="micro batches per optimizer step")
+    group_by_length: int = Field(8, description="windows of N global batches sorted by length (1 = off)")
     class_balance: bool = Field(True, description="weigh right and wrong steps equally in the loss")
     backbone_lr_ratio: float = Field(0.03, description="backbone lr = lr x this (head uses lr); small, so the "
                                      "surprisal features stay close to the base LM's")
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    bf16: bool = True
-    checkpoint_every: int = 50
-    trust_remote_code: bool = False
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm")
+    seed: int = Field(0, description="seed of the head's initialisation and the data order")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    checkpoint_every: int = Field(50, description="optimizer steps between resumable checkpoints in storage")
+    keep_checkpoints: int = Field(2, description="checkpoints kept in storage (older ones are deleted)")
+    trust_remote_code: bool = Field(False, description="allow the base model's own code (off: safetensors and "
+                                    "built-in architectures only)")
     surprisal: bool = Field(True, description="the head also reads the backbone LM's per-step token "
                             "log-prob statistics (needs a causal LM base model)")
     surprisal_reference: bool = Field(False, description="compute the surprisal features with a frozen copy "
@@ -42,25 +52,25 @@ class PRMTrainSettings(BaseModel):
                                         "(the policy's step separator); None keeps the backbone's")
 
 
-class PRMEvalSettings(BaseModel):
+class PRMEvalSettings(StageSettings):
     """``prm_evaluation``: benchmarks, threshold split and Best-of-N sampling."""
 
     benchmarks: list[str] = Field(default_factory=lambda: ["world"],
                                   description="'world', ProcessBench JSON path/folder, s3:// URI or hf:<id>")
     threshold_split: float = Field(0.3, gt=0, lt=1, description="share of problems used to choose the threshold")
-    max_samples_per_subset: int | None = 400
-    bon_n: int = 8
-    bon_problems: int = 40
-    bon_temperature: float = 1.0
-    bon_max_tokens: int = 160
-    engine_batch_size: int = 256
-    score_batch_size: int = 32
-    seed: int = 0
+    max_samples_per_subset: int | None = Field(400, description="cap per benchmark subset (None: all)")
+    bon_n: int = Field(8, description="samples per problem for Best-of-N")
+    bon_problems: int = Field(40, description="held-out world problems for Best-of-N")
+    bon_temperature: float = Field(1.0, description="sampling temperature of the Best-of-N samples")
+    bon_max_tokens: int = Field(160, description="max new tokens of one Best-of-N sample")
+    engine_batch_size: int = Field(256, description="prompts per sampling batch")
+    score_batch_size: int = Field(32, description="examples per PRM scoring batch")
+    seed: int = Field(0, description="seed of the sampling and the threshold split")
 
 
-class PRMRegistrySettings(BaseModel):
+class PRMRegistrySettings(StageSettings):
     """``registered_prm``: registered model name and the champion gate."""
 
-    model_name: str = "prmforge-prm"
-    gate_metric: str = "world_f1"
-    gate_margin: float = 0.0
+    model_name: str = Field("prmforge-prm", description="MLflow registered model name")
+    gate_metric: str = Field("world_f1", description="prm_evaluation metric the champion gate compares")
+    gate_margin: float = Field(0.0, description="a challenger becomes champion when it beats the champion by more")
