@@ -39,12 +39,13 @@ def peak_flops() -> float | None:
 def run(model_dir: str, rows: list[dict], micro: int, bf16: bool, steps: int, max_length: int) -> dict:
     from prmforge.prm.data import encode_dataset
     from prmforge.prm.model import build_prm
-    from prmforge.prm.train import TrainConfig, train_prm
+    from prmforge.prm.settings import PRMTrainSettings
+    from prmforge.prm.train import train_prm
 
     model, tok = build_prm(model_dir, max_length=max_length, seed=0)
     examples, _ = encode_dataset(tok, rows, model.config.step_token_id, max_length)
     params = sum(p.numel() for p in model.parameters())
-    cfg = TrainConfig(max_steps=steps + 2, micro_batch_size=micro, bf16=bf16, checkpoint_every=10**9)
+    cfg = PRMTrainSettings(max_steps=steps + 2, micro_batch_size=micro, bf16=bf16, checkpoint_every=10**9)
     res = train_prm(model, examples, cfg, tok.pad_token_id)
     timed = res.history[2:]  # skip warm-up steps (allocator, kernels)
     tokens = sum(h["tokens"] for h in timed)

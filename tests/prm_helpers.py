@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
+
+from prmforge.prm.settings import PRMTrainSettings
 
 CORPUS = [
     "Problem: Tom has 3 apples and buys 4 more. How many apples does he have?\nSolution:\n",
@@ -71,3 +74,11 @@ def world_rows(n: int, seed: int, split: str = "train", dataset: str = "world-a"
                       "answer": p.answer, "predicted": p.answer if right else None,  # world_benchmark schema
                       "meta": json.dumps(p.meta, sort_keys=True)})
     return labels, bench
+
+
+def train_settings(**overrides: Any) -> PRMTrainSettings:
+    """``PRMTrainSettings`` for trainer unit tests: epochs decide the length (no step cap), full-rate
+    backbone and small batches, so the tests' step counts and weight checks do not follow the demo defaults."""
+    values: dict[str, Any] = {"lr": 1e-3, "epochs": 2.0, "max_steps": None, "micro_batch_size": 16,
+                              "backbone_lr_ratio": 1.0}
+    return PRMTrainSettings(**{**values, **overrides})

@@ -104,17 +104,17 @@ def test_surprisal_features_match_a_token_by_token_computation(tmp_path: Path) -
 
 def test_surprisal_prm_round_trip_and_frozen_backbone(tmp_path: Path) -> None:
     """A surprisal PRM saves and loads (as a causal LM), and ``freeze_backbone`` trains the head only."""
-    from prm_helpers import synthetic_rows
+    from prm_helpers import synthetic_rows, train_settings
 
     from prmforge.prm.data import encode_dataset
-    from prmforge.prm.train import TrainConfig, train_prm
+    from prmforge.prm.train import train_prm
 
     model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8,
                            step_token_init="\n")
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = [p.clone() for p in model.head.parameters()]
     examples, _ = encode_dataset(tok, synthetic_rows(24), model.config.step_token_id, 96)
-    train_prm(model, examples, TrainConfig(max_steps=3, micro_batch_size=8, freeze_backbone=True,
+    train_prm(model, examples, train_settings(max_steps=3, micro_batch_size=8, freeze_backbone=True,
                                            checkpoint_every=100), tok.pad_token_id, device="cpu")
     after = model.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -136,11 +136,11 @@ def test_step_token_starts_as_the_policy_separator(tmp_path: Path) -> None:
 
 def test_surprisal_reference_stays_frozen_and_round_trips(tmp_path: Path) -> None:
     """With a reference LM the backbone trains while the features' source stays the base model."""
-    from prm_helpers import synthetic_rows
+    from prm_helpers import synthetic_rows, train_settings
 
     from prmforge.prm.data import encode_dataset
     from prmforge.prm.model import REFERENCE_DIR
-    from prmforge.prm.train import TrainConfig, train_prm
+    from prmforge.prm.train import train_prm
 
     model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8,
                            step_token_init="\n", surprisal_reference=True)
@@ -148,7 +148,7 @@ def test_surprisal_reference_stays_frozen_and_round_trips(tmp_path: Path) -> Non
     ref_before = {k: v.clone() for k, v in model.reference.state_dict().items()}
     bb_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     examples, _ = encode_dataset(tok, synthetic_rows(24), model.config.step_token_id, 96)
-    train_prm(model, examples, TrainConfig(max_steps=3, micro_batch_size=8, checkpoint_every=100),
+    train_prm(model, examples, train_settings(max_steps=3, micro_batch_size=8, checkpoint_every=100),
               tok.pad_token_id, device="cpu")
     assert not model.reference.training
     assert all(torch.equal(ref_before[k], v) for k, v in model.reference.state_dict().items())

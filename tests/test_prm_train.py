@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from prm_helpers import synthetic_rows, tiny_backbone
+from prm_helpers import synthetic_rows, tiny_backbone, train_settings
 
 from prmforge.prm.data import encode_dataset
 from prmforge.prm.model import build_prm
-from prmforge.prm.train import CheckpointStore, TrainConfig, batch_indices, lr_lambda, train_prm
+from prmforge.prm.settings import PRMTrainSettings
+from prmforge.prm.train import CheckpointStore, batch_indices, lr_lambda, train_prm
 from prmforge.storage import Storage
 
 torch.set_num_threads(1)
@@ -30,7 +31,7 @@ def _setup(tmp_path: Path, n: int = 48):
 
 def test_loss_falls(tmp_path: Path) -> None:
     _, model, tok, examples = _setup(tmp_path)
-    cfg = TrainConfig(lr=3e-3, epochs=6, micro_batch_size=8, grad_accum=2, seed=1, checkpoint_every=1000)
+    cfg = train_settings(lr=3e-3, epochs=6, micro_batch_size=8, grad_accum=2, seed=1, checkpoint_every=1000)
     logged: list[tuple[int, dict]] = []
     res = train_prm(model, examples, cfg, tok.pad_token_id, log_fn=lambda m, s: logged.append((s, m)))
     losses = [h["loss"] for h in res.history]
@@ -49,7 +50,7 @@ def test_schedule_warmup_then_cosine() -> None:
 
 
 def test_batches_cover_data_once_per_epoch() -> None:
-    cfg = TrainConfig(micro_batch_size=3, grad_accum=2, seed=5)
+    cfg = train_settings(micro_batch_size=3, grad_accum=2, seed=5)
     seen = [i for step in range(4) for mb in batch_indices(20, step, cfg, 1, 0) for i in mb]
     assert sorted(seen) == list(range(20))
     # Two ranks split each global batch without overlap.
@@ -62,10 +63,10 @@ def test_length_grouping_keeps_coverage_and_cuts_padding() -> None:
     import random
 
     lengths = [random.Random(i).randint(10, 200) for i in range(256)]
-    grouped = TrainConfig(micro_batch_size=8, seed=2, group_by_length=8)
-    plain = TrainConfig(micro_batch_size=8, seed=2, group_by_length=1)
+    grouped = train_settings(micro_batch_size=8, seed=2, group_by_length=8)
+    plain = train_settings(micro_batch_size=8, seed=2, group_by_length=1)
 
-    def padded(cfg: TrainConfig) -> int:
+    def padded(cfg: PRMTrainSettings) -> int:
         total = 0
         for step in range(32):
             for mb in batch_indices(256, step, cfg, 1, 0, lengths):
@@ -83,7 +84,7 @@ def test_length_grouping_keeps_coverage_and_cuts_padding() -> None:
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path, root_kind: str, request) -> None:
     root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
     path, model_a, tok, examples = _setup(tmp_path, n=24)
-    cfg = TrainConfig(lr=3e-3, epochs=3, micro_batch_size=4, grad_accum=2, seed=3, checkpoint_every=2,
+    cfg = train_settings(lr=3e-3, epochs=3, micro_batch_size=4, grad_accum=2, seed=3, checkpoint_every=2,
                       keep_checkpoints=2)
     # Uninterrupted reference run.
     ref = train_prm(model_a, examples, cfg, tok.pad_token_id)
@@ -136,11 +137,11 @@ def test_torchrun_ddp_two_ranks(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["--labels", str(tmp_path / "labels.parquet"), "--base-model", path, "--settings"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "prmforge.prm.train", *common, settings,
+                          "-m", "prmforge.prm.train_cli", *common, settings,
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=180, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single_settings = json.dumps({**json.loads(settings), "micro_batch_size": 8})
-    one = subprocess.run([sys.executable, "-m", "prmforge.prm.train", *common, single_settings,
+    one = subprocess.run([sys.executable, "-m", "prmforge.prm.train_cli", *common, single_settings,
                           "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=180, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     a, _ = ProcessRewardModel.load(tmp_path / "ddp")

@@ -36,7 +36,7 @@ from prmforge.prm.metrics import (
 )
 from prmforge.prm.model import ProcessRewardModel, build_prm, score_steps
 from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
-from prmforge.prm.train import CheckpointStore, TrainConfig, TrainResult, train_prm
+from prmforge.prm.train import CheckpointStore, TrainResult, train_prm
 from prmforge.sharding import fingerprint
 
 
@@ -47,15 +47,6 @@ class FitResult:
     stats: EncodeStats
     train: TrainResult
     run_key: str
-
-
-def train_config(s: PRMTrainSettings) -> TrainConfig:
-    return TrainConfig(loss=s.loss, lr=s.lr, weight_decay=s.weight_decay, warmup_ratio=s.warmup_ratio,
-                       epochs=s.epochs, max_steps=s.max_steps, micro_batch_size=s.micro_batch_size,
-                       grad_accum=s.grad_accum, group_by_length=s.group_by_length,
-                       backbone_lr_ratio=s.backbone_lr_ratio, class_balance=s.class_balance,
-                       max_grad_norm=s.max_grad_norm, seed=s.seed, bf16=s.bf16, freeze_backbone=s.freeze_backbone,
-                       checkpoint_every=s.checkpoint_every)
 
 
 def select_rows(table: pa.Table, datasets: Sequence[str] | None) -> list[dict]:
@@ -88,7 +79,7 @@ def fit(
     examples, stats = encode_dataset(tok, rows, model.config.step_token_id, s.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None
-    result = train_prm(model, examples, train_config(s), tok.pad_token_id, checkpoints=store, log_fn=log_fn)
+    result = train_prm(model, examples, s, tok.pad_token_id, checkpoints=store, log_fn=log_fn)
     return FitResult(model, tok, stats, result, run_key)
 
 

@@ -11,7 +11,7 @@ so the batch of any optimizer step is a pure function of (seed, step); together
 with the restored model, optimizer, scheduler and RNG states a resumed run
 replays exactly the same updates.
 
-Multi-GPU: launched with ``torchrun --nproc_per_node N -m prmforge.prm.train ...``
+Multi-GPU: launched with ``torchrun --nproc_per_node N -m prmforge.prm.train_cli ...``
 (``WORLD_SIZE > 1``) each rank takes every N-th example of each global batch,
 gradients are averaged by DDP, and only rank 0 writes checkpoints and logs.
 """
@@ -31,37 +31,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from prmforge.env import local_rank, world_size
 from prmforge.prm.data import IGNORE_INDEX, EncodedExample, collate
 from prmforge.prm.model import ProcessRewardModel
+from prmforge.prm.settings import PRMTrainSettings
 
 LossKind = Literal["ce", "bce", "mse"]
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings (the ``prm_model`` asset adds data/model settings around these)."""
-
-    loss: LossKind = "ce"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    min_lr_ratio: float = 0.1
-    epochs: float = 2.0
-    max_steps: int | None = None
-    micro_batch_size: int = 16
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    bf16: bool = True
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    backbone_lr_ratio: float = 1.0
-    class_balance: bool = True
-    freeze_backbone: bool = False  # train the head only (the backbone stays the base model)
-    group_by_length: int = 8  # windows of N global batches sorted by length (1 = off)
 
 
 @dataclass
@@ -111,17 +88,17 @@ def lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], floa
     return f
 
 
-def steps_per_epoch(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+def steps_per_epoch(n_examples: int, cfg: PRMTrainSettings, world: int = 1) -> int:
     return max(1, math.ceil(n_examples / (cfg.micro_batch_size * cfg.grad_accum * world)))
 
 
-def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+def total_steps(n_examples: int, cfg: PRMTrainSettings, world: int = 1) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
     return max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg, world)))
 
 
-def epoch_order(n: int, epoch: int, cfg: TrainConfig, world: int, lengths: Sequence[int] | None = None) -> list[int]:
+def epoch_order(n: int, epoch: int, cfg: PRMTrainSettings, world: int, lengths: Sequence[int] | None = None) -> list[int]:
     """The example order of ``epoch``: seeded shuffle, then length grouping when ``lengths`` is given.
 
     Length grouping (as in ``transformers``' ``group_by_length``) sorts windows of
@@ -145,7 +122,7 @@ def epoch_order(n: int, epoch: int, cfg: TrainConfig, world: int, lengths: Seque
     return [i for k in order for i in full[k]] + [i for b in tail for i in b]
 
 
-def batch_indices(n: int, step: int, cfg: TrainConfig, world: int, rank: int,
+def batch_indices(n: int, step: int, cfg: PRMTrainSettings, world: int, rank: int,
                   lengths: Sequence[int] | None = None) -> list[list[int]]:
     """The micro-batches (example indices) of optimizer ``step`` for ``rank``: pure in (seed, step)."""
     spe = steps_per_epoch(n, cfg, world)
@@ -309,7 +286,7 @@ def read_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 def train_prm(
     model: ProcessRewardModel,
     examples: Sequence[EncodedExample],
-    cfg: TrainConfig,
+    cfg: PRMTrainSettings,
     pad_token_id: int,
     checkpoints: CheckpointStore | None = None,
     log_fn: Callable[[dict[str, float], int], None] | None = None,
@@ -415,45 +392,3 @@ def train_prm(
     model.eval()
     return TrainResult(steps=total, resumed_from=start, final_loss=loss_value, tokens=tokens_total,
                        seconds=t_total, history=history)
-
-
-# ---- command line (torchrun) ---------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train a PRM from a labels Parquet file; works alone or under ``torchrun``.
-
-    ``torchrun --nproc_per_node 2 -m prmforge.prm.train --labels L.parquet --base-model M --out DIR``
-    """
-    import argparse
-
-    import pyarrow.parquet as pq
-
-    from prmforge.prm.pipeline import fit
-    from prmforge.prm.settings import PRMTrainSettings
-    from prmforge.storage import Storage
-
-    ap = argparse.ArgumentParser(prog="python -m prmforge.prm.train", description=main.__doc__)
-    ap.add_argument("--labels", required=True, help="consensus_labels Parquet (local path)")
-    ap.add_argument("--base-model", required=True, help="hub id, local folder or s3:// / file:// URI")
-    ap.add_argument("--out", required=True, help="local folder for the trained PRM")
-    ap.add_argument("--settings", default="{}", help="JSON overrides of PRMTrainSettings")
-    ap.add_argument("--checkpoint-root", default=None, help="storage root for resumable checkpoints")
-    args = ap.parse_args(argv)
-    settings = PRMTrainSettings(**json.loads(args.settings))
-    rows = pq.read_table(args.labels).to_pylist()
-    storage = Storage(args.checkpoint_root) if args.checkpoint_root else None
-    rank, world = dist_info()
-    result = fit(rows, settings, args.base_model, storage=storage, data_version=args.labels)
-    if rank == 0:
-        result.model.save(args.out, result.tokenizer)
-        print(json.dumps({"world_size": world, "steps": result.train.steps, "final_loss": result.train.final_loss,
-                          "tokens_per_s": result.train.tokens_per_s, "out": args.out}))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
