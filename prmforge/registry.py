@@ -204,7 +204,7 @@ def get_dataset(key: str, path: str | Path | None = None) -> DatasetSpec:
     validate_name(key, "dataset key")
     reg = load_registry(path)
     if key not in reg:
-        p = path or os.environ.get(REGISTRY_ENV) or f"{REPO_REGISTRY.name} + {default_registry_path()}"
+        p = path or registry_path() or f"{REPO_REGISTRY.name} + {default_registry_path()}"
         raise UnknownDatasetError(f"dataset {key!r} is not in the registry {p} (known: {sorted(reg)})")
     return reg[key]
 
