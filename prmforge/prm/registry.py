@@ -79,6 +79,21 @@ def read_champion(client, name: str, metric: str) -> tuple[str | None, float | N
     return str(mv.version), value
 
 
+def artifacts_reachable(client, name: str, version: str) -> bool:
+    """Whether the files of a model version can still be listed where the registry says they are.
+
+    A champion whose files are gone (its data home was moved or deleted) can
+    no longer be served, so it must not block a new version that can.
+    """
+    import mlflow
+
+    try:
+        uri = client.get_model_version_download_uri(name, version)
+        return bool(mlflow.artifacts.list_artifacts(artifact_uri=uri))
+    except Exception:  # noqa: BLE001 - any failure to list means "cannot be served"
+        return False
+
+
 def _wait_ready(client, name: str, version: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -136,6 +151,10 @@ def register_and_gate(
         client.set_registered_model_alias(name, CHAMPION, version)
         return _decision(client, name, version, True, "first version: promoted to champion", metric, value,
                          None, None)
+    if not artifacts_reachable(client, name, champ_version):
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return _decision(client, name, version, True, f"champion v{champ_version}'s artifacts are unreachable "
+                         "(a moved or deleted data home); promoted", metric, value, champ_version, champ_value)
     if value > champ_value + margin:
         client.set_registered_model_alias(name, CHAMPION, version)
         return _decision(client, name, version, True, f"{metric} {value:.4f} > champion v{champ_version} "
