@@ -11,11 +11,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from dagster import (
     AllPartitionMapping,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -32,6 +35,9 @@ from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
+
+if TYPE_CHECKING:
+    from prmforge.prm.pipeline import EvalReport
 
 PRM_MODEL = "prm_model"
 PRM_EVALUATION = "prm_evaluation"
@@ -142,7 +148,7 @@ def prm_model(
     stats = result.stats.as_dict()
     if stats.get("steps_truncated"):
         context.log.warning(f"{stats['steps_truncated']} trailing steps dropped by truncation at "
-                            f"max_length={s.max_length} (counted, never mislabelled)")
+                            f"max_length={result.model.config.max_length} (counted, never mislabelled)")
     return MaterializeResult(metadata={
         "uri": MetadataValue.path(uri),
         "base_model": base,
@@ -165,6 +171,9 @@ def prm_model(
     group_name="prm",
     description="ProcessBench-format F1 per subset (threshold chosen on a separate split), Best-of-N reranking "
     "vs majority/random/pass@N on held-out world problems, and diagnostics; plots in MLflow.",
+    check_specs=[AssetCheckSpec("steps_scored", asset=PRM_EVALUATION, blocking=True,
+                                description="at most max_unscored_share (1%) of benchmark steps left unscored "
+                                "because they did not fit the PRM's context; more makes the F1 an artefact")],
 )
 def prm_evaluation(
     context: AssetExecutionContext,
@@ -220,7 +229,24 @@ def prm_evaluation(
         "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
         **targets,
         "mlflow_run_id": run.info.run_id,
-    })
+    }, check_results=[_steps_scored_check(rep, s.max_unscored_share)])
+
+
+def _steps_scored_check(rep: "EvalReport", max_share: float) -> AssetCheckResult:
+    """Blocking: the share of unscored benchmark steps, per subset, against ``max_share``."""
+    total, unscored = rep.counts.get("steps_total", 0.0), rep.counts.get("steps_unscored", 0.0)
+    share = unscored / total if total else 0.0
+    per_subset = {k: {"unscored": int(v["unscored"]), "steps": int(v["steps"]),
+                      "samples_with_unscored": int(v["samples_with_unscored"])} for k, v in rep.unscored.items()}
+    return AssetCheckResult(
+        check_name="steps_scored", asset_key=AssetKey(PRM_EVALUATION), passed=share <= max_share,
+        severity=AssetCheckSeverity.ERROR,
+        description=(f"{unscored:.0f} of {total:.0f} steps ({share:.1%}) did not fit the PRM's context "
+                     f"({rep.counts.get('scoring_max_length', 0):.0f} tokens) and were not scored; "
+                     f"limit {max_share:.1%}"),
+        metadata={"steps_unscored": int(unscored), "steps_total": int(total), "unscored_share": round(share, 4),
+                  "max_unscored_share": max_share, "scoring_max_length": int(rep.counts.get("scoring_max_length", 0)),
+                  "per_subset": MetadataValue.json(per_subset)})
 
 
 @asset(

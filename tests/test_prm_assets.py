@@ -91,6 +91,9 @@ def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
 
     e = meta("prm_evaluation")
     assert 0.0 <= e["world_f1"] <= 1.0 and "| world |" in e["summary"]
+    assert e["steps_unscored"] == 0 and e["steps_total"] > 0 and e["world_n_error"] > 0
+    checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
+    assert checks["steps_scored"].passed
     assert {"bon2_prm_min", "bon2_majority", "bon2_pass_at_n", "min_on_last_step_share", "rawp_flagged",
             "random_scorer_world_f1", "beats_random_scorer"} <= set(e)
     r = meta("registered_prm")
@@ -104,6 +107,14 @@ def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
     assert plots == {"plots/calibration.png", "plots/bon_vs_n.png"}
     mv = client.get_model_version("prmforge-prm", "1")
     assert "data_versions.consensus_labels" in mv.tags and "git_commit" in mv.tags
+
+    # Steps that do not fit the scoring context fail the blocking check: no registration from it.
+    short = materialize(ALL, selection=[prm_evaluation, registered_prm], instance=instance, resources=resources,
+                        run_config={"ops": {"prm_evaluation": {"config": {"max_length": 24}}}}, raise_on_error=False)
+    assert not short.success
+    failed = {c.check_name: c for c in short.get_asset_check_evaluations()}["steps_scored"]
+    assert not failed.passed and failed.metadata["unscored_share"].value > 0.01
+    assert meta("registered_prm")["version"] == "1"
 
     # A challenger that must beat the champion by an impossible margin is refused.
     again = materialize(ALL, selection=[registered_prm], instance=instance, resources=resources,

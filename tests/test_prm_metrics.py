@@ -22,6 +22,8 @@ from prmforge.prm.metrics import (
     rawp_detection,
     split_calibration,
     step_calibration,
+    threshold_candidates,
+    unscored_report,
 )
 
 
@@ -61,6 +63,37 @@ def test_threshold_chosen_on_calibration_split() -> None:
     assert processbench_report(samples, t)["mean"]["f1"] == 1.0
     calib, test = split_calibration(samples * 1, 0.5, seed=1)
     assert len(calib) + len(test) == 4 and not {s.id for s in calib} & {s.id for s in test}
+
+
+def test_threshold_follows_the_score_distribution() -> None:
+    """A PRM whose scores all lie below 0.01 still gets its best threshold (a fixed 0.01-0.99 grid gives F1 0)."""
+    samples = [S(1, [5e-4, 1e-5], id="e1"), S(0, [2e-5, 6e-4], id="e2"), S(-1, [5e-4, 4e-4], id="c1"),
+               S(-1, [7e-4, 3e-4], id="c2")]
+    old_grid = [i / 100 for i in range(1, 100)]
+    assert processbench_report(samples, choose_threshold(samples, old_grid))["mean"]["f1"] == 0.0
+    t = choose_threshold(samples)
+    assert 2e-5 < t <= 3e-4
+    assert processbench_report(samples, t)["mean"]["f1"] == 1.0
+    cands = threshold_candidates(samples, n_quantiles=4)
+    assert cands[0] == 1e-5 and cands[-1] > 7e-4 and cands == sorted(cands)
+    assert threshold_candidates([S(0, [math.nan])]) == [0.5]
+
+
+def test_split_groups_by_problem_text() -> None:
+    """ProcessBench rows have no problem id: solutions of one problem stay on one side of the split."""
+    samples = [Sample(id=f"gsm8k-{i}", subset="gsm8k", steps=["s"], label=-1, final_answer_correct=True,
+                      scores=[0.5], problem=f"Problem  {i // 3}\n" if i % 2 else f"Problem {i // 3}")
+               for i in range(60)]
+    calib, test = split_calibration(samples, 0.3, seed=0)
+    assert len(calib) + len(test) == 60 and calib and test
+    norm = {" ".join(s.problem.split()) for s in calib} & {" ".join(s.problem.split()) for s in test}
+    assert not norm
+
+
+def test_unscored_report() -> None:
+    rep = unscored_report([S(0, [0.1, math.nan, math.nan]), S(-1, [0.9]), S(-1, [0.4], "b")])
+    assert rep["a"] == {"steps": 4.0, "unscored": 2.0, "unscored_share": 0.5, "samples_with_unscored": 1.0}
+    assert rep["b"]["unscored"] == 0.0 and rep["all"]["steps"] == 5.0 and rep["all"]["unscored_share"] == 0.4
 
 
 def test_best_of_n_by_hand() -> None:

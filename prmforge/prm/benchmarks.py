@@ -59,7 +59,7 @@ def _to_sample(row: dict, subset: str, index: int, rejected: dict[str, int]) -> 
     sid = str(row.get("id") or f"{subset}-{index}")
     return Sample(id=sid, subset=subset, steps=list(steps), label=label,
                   final_answer_correct=bool(row.get("final_answer_correct", label < 0)),
-                  group=str(row.get("problem_id") or sid), scores=[], problem=problem)
+                  group=str(row.get("problem_id") or ""), scores=[], problem=problem)
 
 
 def samples_from_rows(rows: Iterable[dict], subset: str) -> LoadedBenchmark:

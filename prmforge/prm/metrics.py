@@ -4,8 +4,14 @@ ProcessBench (Zheng et al., 2024): a sample's prediction is the index of the fir
 step whose score falls below a threshold (-1 if none). Accuracy on erroneous
 samples is the exact match of that index with the labelled earliest error,
 accuracy on correct samples is the share predicted -1, and F1 is their harmonic
-mean. The threshold is chosen on a separate split (never on the reported one)
-and reported with the figures.
+mean. The threshold is chosen on a separate split (never on the reported one),
+grouped by problem (solutions of one problem never straddle the split), from
+the quantiles of the calibration scores (a PRM whose scores all lie below 0.01
+still gets its best threshold), and reported with the figures.
+
+A step the PRM did not score (``NaN``: it did not fit the context) counts as a
+predicted error, as any unscored step must count as something; evaluation
+reports how many there are and fails its blocking check beyond 1%.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ class Sample:
     label: int  # earliest wrong step, -1 if the solution is correct
     final_answer_correct: bool
     scores: list[float] = field(default_factory=list)
-    group: str = ""  # problem id: splits never separate samples of one problem
+    group: str = ""  # problem id (else the problem text groups): splits never separate samples of one problem
     problem: str = ""
 
 
@@ -62,10 +68,27 @@ def processbench_report(samples: Sequence[Sample], threshold: float) -> dict[str
     return out
 
 
+def threshold_candidates(samples: Sequence[Sample], n_quantiles: int = 200) -> list[float]:
+    """Thresholds from the score distribution: its quantiles, and one just above the top score.
+
+    A threshold ``t`` flags steps scored below ``t``: the lowest quantile flags
+    none, the last candidate flags all; in between, the quantiles follow the
+    scores wherever they lie (a fixed 0.01-0.99 grid misses a PRM scoring 1e-4).
+    """
+    vals = sorted(v for x in samples for v in x.scores if not math.isnan(v))
+    if not vals:
+        return [0.5]
+    qs = {vals[min(len(vals) - 1, round(i * (len(vals) - 1) / n_quantiles))] for i in range(n_quantiles + 1)}
+    return sorted(qs) + [math.nextafter(vals[-1], math.inf)]
+
+
 def choose_threshold(samples: Sequence[Sample], grid: Sequence[float] | None = None) -> float:
-    """The threshold maximising mean-over-subsets F1 on ``samples`` (the calibration split)."""
-    grid = list(grid) if grid is not None else [i / 100 for i in range(1, 100)]
-    best, best_f1 = 0.5, -1.0
+    """The threshold maximising mean-over-subsets F1 on ``samples`` (the calibration split).
+
+    ``grid``: the candidates; by default :func:`threshold_candidates` of the samples' own scores.
+    """
+    grid = list(grid) if grid is not None else threshold_candidates(samples)
+    best, best_f1 = grid[0] if grid else 0.5, -1.0
     for t in grid:
         f1 = processbench_report(samples, t).get("mean", {}).get("f1", 0.0)
         if f1 > best_f1 + 1e-12:
@@ -73,18 +96,41 @@ def choose_threshold(samples: Sequence[Sample], grid: Sequence[float] | None = N
     return best
 
 
+def problem_group(s: Sample) -> str:
+    """The split key: the problem id, else the problem text (whitespace-normalised), else the sample id.
+
+    ProcessBench rows carry no problem id and several solutions per problem
+    (400 gsm8k rows, 375 problems): grouping by sample id would put solutions
+    of one problem on both sides of the split.
+    """
+    return s.group or " ".join(s.problem.split()) or s.id
+
+
 def split_calibration(samples: Sequence[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """(calibration, test) split by problem group, stratified by subset, deterministic."""
     calib, test = [], []
     for subset in sorted({s.subset for s in samples}):
-        groups = sorted({s.group or s.id for s in samples if s.subset == subset})
+        groups = sorted({problem_group(s) for s in samples if s.subset == subset})
         random.Random(f"{seed}:{subset}").shuffle(groups)
         k = max(1, round(len(groups) * fraction)) if len(groups) > 1 else 0
         chosen = set(groups[:k])
         for s in samples:
             if s.subset == subset:
-                (calib if (s.group or s.id) in chosen else test).append(s)
+                (calib if problem_group(s) in chosen else test).append(s)
     return calib, test
+
+
+def unscored_report(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """Per subset (and ``all``): steps, unscored steps (NaN), their share, samples with any unscored step."""
+    out: dict[str, dict[str, float]] = {}
+    for name in [*sorted({s.subset for s in samples}), "all"]:
+        group = [s for s in samples if name in ("all", s.subset)]
+        steps = sum(len(s.scores) for s in group)
+        unscored = sum(1 for s in group for v in s.scores if math.isnan(v))
+        out[name] = {"steps": float(steps), "unscored": float(unscored),
+                     "unscored_share": unscored / steps if steps else 0.0,
+                     "samples_with_unscored": float(sum(any(math.isnan(v) for v in s.scores) for s in group))}
+    return out
 
 
 # ---- Best-of-N ------------------------------------------------------------------
@@ -247,12 +293,14 @@ def bon_curve(problems: Sequence[Sequence[Candidate]], max_n: int) -> dict[int, 
 
 
 def summary_markdown(report: dict[str, dict[str, float]], threshold: float, bon: dict[str, float] | None,
-                     extra: dict[str, float] | None = None) -> str:
-    """The evaluation as a markdown table for the Dagster UI."""
-    lines = [f"**ProcessBench-format** (threshold {threshold:.2f}, chosen on a separate split)", "",
-             "| subset | error acc | correct acc | F1 |", "|---|---|---|---|"]
+                     extra: dict[str, float] | None = None, notes: Sequence[str] = ()) -> str:
+    """The evaluation as a markdown table for the Dagster UI; ``notes`` (warnings, sampling) go first."""
+    lines = [f"> {n}" for n in notes] + ([""] if notes else [])
+    lines += [f"**ProcessBench-format** (threshold {threshold:.4g}, chosen on a separate split)", "",
+              "| subset | error acc | correct acc | F1 | erroneous | correct |", "|---|---|---|---|---|---|"]
     for name, r in report.items():
-        lines.append(f"| {name} | {r['error_acc']:.3f} | {r['correct_acc']:.3f} | {r['f1']:.3f} |")
+        counts = (f"{r['n_error']:.0f} | {r['n_correct']:.0f}" if "n_error" in r else " | ")
+        lines.append(f"| {name} | {r['error_acc']:.3f} | {r['correct_acc']:.3f} | {r['f1']:.3f} | {counts} |")
     if bon:
         lines += ["", "**Best-of-N**", "", "| method | accuracy |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in bon.items()]

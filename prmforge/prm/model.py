@@ -269,7 +269,7 @@ def init_step_embedding(tokenizer, backbone: nn.Module, step_token_id: int, like
     return True
 
 
-def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 512, seed: int = 0,
+def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | None = None, seed: int = 0,
               prompt_format: str = "world", trust_remote_code: bool = False,
               step_token_init: str | None = None, surprisal: bool = False,
               head_hidden: int = 0, surprisal_reference: bool = False) -> tuple[ProcessRewardModel, object]:
@@ -288,8 +288,9 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int = 5
 
         reference = copy.deepcopy(backbone)  # the base LM as the PRM starts, step token included
     limit = getattr(backbone.config, "max_position_embeddings", None)
-    if limit:  # never format past what the backbone was built for
-        max_length = min(max_length, int(limit))
+    if limit:  # never format past what the backbone was built for; None = all of it
+        max_length = min(max_length or int(limit), int(limit))
+    max_length = max_length or 512
     cfg = PRMConfig(head=head, step_token=STEP_TOKEN, step_token_id=tid, max_length=max_length,
                     prompt_format=prompt_format, base_model=base_model,  # type: ignore[arg-type]
                     surprisal=surprisal, head_hidden=head_hidden,

@@ -8,7 +8,6 @@ candidates sampled from the policy, and writes the figures and plots.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from prmforge.prm.metrics import (
     split_calibration,
     step_calibration,
     summary_markdown,
+    unscored_report,
 )
 from prmforge.prm.model import ProcessRewardModel, build_prm, score_steps
 from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
@@ -76,7 +76,7 @@ def fit(
                            trust_remote_code=s.trust_remote_code, step_token_init=s.step_token_init,
                            surprisal=s.surprisal, head_hidden=s.head_hidden,
                            surprisal_reference=s.surprisal_reference)
-    examples, stats = encode_dataset(tok, rows, model.config.step_token_id, s.max_length)
+    examples, stats = encode_dataset(tok, rows, model.config.step_token_id, model.config.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None
     result = train_prm(model, examples, s, tok.pad_token_id, checkpoints=store, log_fn=log_fn)
@@ -95,22 +95,43 @@ class EvalReport:
     rejected: dict[str, int]
     plots: list[str] = field(default_factory=list)
     counts: dict[str, float] = field(default_factory=dict)
+    unscored: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def flat_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {"threshold": self.threshold}
         for subset, r in self.report.items():
-            for k in ("error_acc", "correct_acc", "f1"):
-                out[f"{subset}_{k}"] = r[k]
+            for k in ("error_acc", "correct_acc", "f1", "n_error", "n_correct"):
+                if k in r:
+                    out[f"{subset}_{k}"] = r[k]
+        for subset, u in self.unscored.items():
+            out[f"{subset}_steps_unscored"] = u["unscored"]
+            out[f"{subset}_unscored_share"] = u["unscored_share"]
         out.update({f"bon{self.counts.get('bon_n', 0):.0f}_{k}": v for k, v in self.bon.items()})
         out.update(self.diagnostics)
         out.update(self.counts)
         return out
 
     def markdown(self) -> str:
-        return summary_markdown(self.report, self.threshold, self.bon, self.diagnostics)
+        return summary_markdown(self.report, self.threshold, self.bon, self.diagnostics, self.notes)
+
+
+def model_context(model: ProcessRewardModel) -> int:
+    """The most positions the PRM's backbone takes (its ``max_position_embeddings``), else its training length.
+
+    Evaluation scores with the full context, not the (often shorter) length the
+    PRM was trained with: a step cut off is a step never scored.
+    """
+    cfg = getattr(model.backbone, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        limit = getattr(cfg, name, None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return model.config.max_length
 
 
 def _limit(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
+    """At most ``n`` samples per subset (seeded), or all of them when ``n`` is None (the default)."""
     if n is None:
         return samples
     out: list[Sample] = []
@@ -175,11 +196,23 @@ def evaluate(
         samples += loaded.samples
         for k, v in loaded.rejected.items():
             rejected[k] = rejected.get(k, 0) + v
+    available = {name: sum(x.subset == name for x in samples) for name in sorted({x.subset for x in samples})}
     samples = _limit(samples, s.max_samples_per_subset, s.seed)
-    scores = score_steps(model, tokenizer, [(x.problem, x.steps) for x in samples], batch_size=s.score_batch_size)
+    notes: list[str] = []
+    if s.max_samples_per_subset is not None and any(n > s.max_samples_per_subset for n in available.values()):
+        notes.append(f"subsampled: at most {s.max_samples_per_subset} samples per subset (max_samples_per_subset; "
+                     + ", ".join(f"{k} {min(n, s.max_samples_per_subset)} of {n}" for k, n in available.items()) + ")")
+    max_length = s.max_length or model_context(model)
+    scores = score_steps(model, tokenizer, [(x.problem, x.steps) for x in samples], batch_size=s.score_batch_size,
+                         max_length=max_length)
     for x, sc in zip(samples, scores, strict=True):
         x.scores = sc
-    unscored = sum(1 for x in samples for v in x.scores if math.isnan(v))
+    unscored = unscored_report(samples)
+    if unscored["all"]["unscored"]:
+        u = unscored["all"]
+        notes.append(f"{u['unscored']:.0f} of {u['steps']:.0f} steps ({u['unscored_share']:.1%}) in "
+                     f"{u['samples_with_unscored']:.0f} samples did not fit the PRM's context ({max_length} tokens) "
+                     "and were not scored (counted as predicted errors)")
     calib, test = split_calibration(samples, s.threshold_split, s.seed)
     threshold = choose_threshold(calib) if calib else 0.5
     report = processbench_report(test, threshold)
@@ -197,7 +230,9 @@ def evaluate(
     bon: dict[str, float] = {}
     curve: dict[int, dict[str, float]] = {}
     counts = {"samples_test": float(len(test)), "samples_calibration": float(len(calib)),
-              "steps_unscored": float(unscored), "bon_n": float(s.bon_n)}
+              "steps_total": unscored["all"]["steps"], "steps_unscored": unscored["all"]["unscored"],
+              "unscored_share": unscored["all"]["unscored_share"], "scoring_max_length": float(max_length),
+              "samples_available": float(sum(available.values())), "bon_n": float(s.bon_n)}
     if policy_engine is not None and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
         seen: dict[str, dict] = {}
         for row in world_table.to_pylist():
@@ -223,7 +258,7 @@ def evaluate(
     if "mean" in report and "mean" in baseline:
         diagnostics["beats_random_scorer"] = float(report["mean"]["f1"] > baseline["mean"]["f1"])
     return EvalReport(threshold, processbench_report(calib, threshold), report, bon, curve, diagnostics, rejected,
-                      plots, counts)
+                      plots, counts, {k: v for k, v in unscored.items() if k != "all"}, notes)
 
 
 def random_scorer_report(calib: Sequence[Sample], test: Sequence[Sample], seed: int) -> dict[str, dict[str, float]]:

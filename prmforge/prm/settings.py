@@ -22,7 +22,8 @@ class PRMTrainSettings(StageSettings):
     head: Literal["two_class", "scalar"] = Field("two_class", description="two_class: right/wrong logits per "
                                                  "step; scalar: one score per step")
     loss: Literal["ce", "bce", "mse"] = Field("ce", description="loss on the step labels")
-    max_length: int = Field(256, description="tokens per example; trailing steps beyond it are dropped (counted)")
+    max_length: int | None = Field(None, description="tokens per training example; None = the base model's "
+                                   "context (trailing steps past it are dropped and counted)")
     lr: float = Field(3e-3, description="peak learning rate of the head; the backbone gets lr x backbone_lr_ratio")
     weight_decay: float = Field(0.01, description="AdamW weight decay (not on biases and norms)")
     warmup_ratio: float = Field(0.06, description="share of the steps spent in linear warmup")
@@ -58,7 +59,12 @@ class PRMEvalSettings(StageSettings):
     benchmarks: list[str] = Field(default_factory=lambda: ["world"],
                                   description="'world', ProcessBench JSON path/folder, s3:// URI or hf:<id>")
     threshold_split: float = Field(0.3, gt=0, lt=1, description="share of problems used to choose the threshold")
-    max_samples_per_subset: int | None = Field(400, description="cap per benchmark subset (None: all)")
+    max_samples_per_subset: int | None = Field(None, description="score at most this many samples per subset "
+                                               "(seeded; reported in the summary); None = every sample")
+    max_length: int | None = Field(None, description="tokens per scored sample; None = the PRM backbone's context "
+                                   "(steps past it are unscored and reported)")
+    max_unscored_share: float = Field(0.01, ge=0, le=1, description="the blocking steps_scored check fails "
+                                      "above this share of unscored steps")
     bon_n: int = Field(8, description="samples per problem for Best-of-N")
     bon_problems: int = Field(40, description="held-out world problems for Best-of-N")
     bon_temperature: float = Field(1.0, description="sampling temperature of the Best-of-N samples")
