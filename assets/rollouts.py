@@ -25,9 +25,11 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
+from prmforge.contracts.datasets import rollouts_contract
 from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, select_problems
 from prmforge.sharding import Progress
 from resources.engine import EngineResource
+from resources.quality import QualityResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
@@ -42,6 +44,9 @@ def _checks() -> list[AssetCheckSpec]:
                        description="every rollout has at least one step (engine errors included)"),
         AssetCheckSpec("truncation_rate", asset=DATASET, blocking=False, partitions_def=dataset_partitions,
                        description="share of rollouts that hit max_tokens (WARN above the threshold)"),
+        AssetCheckSpec("rollouts_contract", asset=DATASET, blocking=True, partitions_def=dataset_partitions,
+                       description="GX (prmforge/contracts/datasets.py): N per problem, ids unique, finish reasons "
+                       "known, engine-error share and mean steps per solution within the configured bounds"),
     ]
 
 
@@ -74,6 +79,7 @@ def policy_rollouts(
     settings: SettingsResource,
     storage: StorageResource,
     policy_engine: EngineResource,
+    quality: QualityResource,
 ) -> Iterator[Any]:
     """Sample the policy on every seed problem of the partition."""
     partition = context.partition_key
@@ -133,3 +139,5 @@ def policy_rollouts(
     yield AssetCheckResult(check_name="truncation_rate", asset_key=AssetKey(DATASET),
                            passed=rate <= rs.truncation_warn_rate, severity=AssetCheckSeverity.WARN,
                            metadata={"truncation_rate": rate, "threshold": rs.truncation_warn_rate})
+    yield quality.check(rollouts_contract(rs.n, len(expected_ids), rs.max_engine_error_share,
+                                          (rs.mean_steps_min, rs.mean_steps_max)), table)

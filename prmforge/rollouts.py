@@ -76,10 +76,17 @@ class RolloutSettings(StageSettings):
     shard_size: int = Field(64, gt=0, description="problems per shard")
     max_problems: int | None = Field(None, description="only the first N problems (by problem_id)")
     truncation_warn_rate: float = Field(0.2, ge=0, le=1, description="WARN check threshold")
+    max_engine_error_share: float = Field(
+        0.05, ge=0, le=1, description="contract: the largest share of rollouts the engine may fail "
+        "(finish_reason 'error') before the blocking rollouts_contract stops labelling")
+    mean_steps_min: float = Field(1.0, ge=0, description="contract: lowest acceptable mean steps per solution")
+    mean_steps_max: float = Field(64.0, gt=0, description="contract: highest acceptable mean steps per solution "
+                                  "(a separator that stopped matching shows up here)")
 
     def run_fingerprint(self) -> dict:
-        """Fields that change the rows (the WARN threshold does not)."""
-        return self.model_dump(exclude={"truncation_warn_rate"})
+        """Fields that change the rows (check thresholds do not)."""
+        return self.model_dump(exclude={"truncation_warn_rate", "max_engine_error_share", "mean_steps_min",
+                                        "mean_steps_max"})
 
 
 @dataclass

@@ -67,8 +67,10 @@ def test_materialise_with_explicit_model(local_root: str, model_dir: Path) -> No
     assert meta["rollouts"].value == 20
     assert 0.0 <= meta["accuracy"].value <= meta["pass_at_n"].value <= 1.0
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
-    assert set(checks) == {"n_per_problem", "steps_non_empty", "truncation_rate"}
+    assert set(checks) == {"n_per_problem", "steps_non_empty", "truncation_rate", "rollouts_contract"}
     assert checks["n_per_problem"].passed
+    errors = sum(r["finish_reason"] == "error" for r in rows) / len(rows)
+    assert checks["rollouts_contract"].passed == (errors <= 0.05), checks["rollouts_contract"].metadata
     empty = sum(1 for r in rows if not r["steps"])
     assert checks["steps_non_empty"].passed == (empty == 0)
     trunc = sum(r["truncated"] for r in rows) / len(rows)
