@@ -138,7 +138,8 @@ def prm_model(
         def log_fn(metrics: dict[str, float], step: int) -> None:
             mlf.log_metrics(metrics, step=step)
 
-        result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn)
+        result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
+                     log=context.log.info)
         with tempfile.TemporaryDirectory() as tmp:
             folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
             uri = store.put_dir(folder, "models", "prm", result.run_key)

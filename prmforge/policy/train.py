@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from prmforge.policy.settings import PolicySettings
+from prmforge.progress import ProgressLog
 from prmforge.tokenizer import save_tokenizer, train_tokenizer, world_corpus
 from prmforge.world import generate_problems, prompt_for
 
@@ -135,6 +136,7 @@ def train_policy(
         curve: list[tuple[int, float]] = []
         running = 0.0
         model.train()
+        progress = ProgressLog("policy training", settings.train_steps, log)
         start = time.perf_counter()
         for step in range(settings.train_steps):
             if not plan:
@@ -152,7 +154,7 @@ def train_policy(
                 n = (step % settings.log_every) + 1
                 curve.append((step + 1, running / n))
                 running = 0.0
-                log(f"step {step + 1}: loss {curve[-1][1]:.4f}")
+                progress.update(step + 1, f"loss {curve[-1][1]:.4f}")
         seconds = time.perf_counter() - start
         model.eval()
         model.generation_config = GenerationConfig(

@@ -36,7 +36,8 @@ from prmforge.prm.metrics import (
 )
 from prmforge.prm.model import ProcessRewardModel, build_prm, score_steps
 from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
-from prmforge.prm.train import CheckpointStore, TrainResult, train_prm
+from prmforge.prm.train import CheckpointStore, TrainResult, total_steps, train_prm
+from prmforge.progress import ProgressLog
 from prmforge.sharding import fingerprint
 
 
@@ -66,8 +67,12 @@ def fit(
     storage=None,
     data_version: str = "",
     log_fn: Callable[[dict[str, float], int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Build a PRM on ``base_model``, encode ``rows`` and train (resuming from storage checkpoints).
+
+    ``log_fn`` gets each optimizer step's metrics (MLflow); ``log`` gets progress
+    lines with rate and ETA (the Dagster run's log).
 
     The checkpoint run key hashes the settings, base model and data version, so a
     changed input never resumes from a stale checkpoint.
@@ -79,7 +84,15 @@ def fit(
     examples, stats = encode_dataset(tok, rows, model.config.step_token_id, model.config.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None
-    result = train_prm(model, examples, s, tok.pad_token_id, checkpoints=store, log_fn=log_fn)
+    progress = ProgressLog("PRM training", total_steps(len(examples), s), log) if log else None
+
+    def on_metrics(metrics: dict[str, float], step: int) -> None:
+        if log_fn is not None:
+            log_fn(metrics, step)
+        if progress is not None:
+            progress.update(step, f"loss {metrics['loss']:.4f}")
+
+    result = train_prm(model, examples, s, tok.pad_token_id, checkpoints=store, log_fn=on_metrics)
     return FitResult(model, tok, stats, result, run_key)
 
 
