@@ -25,6 +25,7 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
+from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
 from prmforge.labeling.consensus import (
     CONSENSUS_SCHEMA,
     build_consensus,
@@ -164,6 +165,10 @@ def mc_summary(table: pa.Table) -> dict[str, float]:
 @asset(
     partitions_def=dataset_partitions,
     group_name="labels",
+    automation_condition=on_new_data(),
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn()},
     description="Monte Carlo step labels per rollout: K completions from each probed step prefix through the "
     "policy engine (per_step or binary_search), MC first error, soft/hard values, completions and tokens spent.",
@@ -239,6 +244,10 @@ def mc_step_labels(
 @asset(
     partitions_def=dataset_partitions,
     group_name="labels",
+    automation_condition=on_new_data(),
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn(), "seed_problems": AssetIn()},
     description="Judge verdict per rollout: earliest wrong step (or -1) from the calculator (default) or an LLM "
     "judge; unparsed/abstained/failed verdicts are recorded with their status and never guessed.",
@@ -309,6 +318,8 @@ def judge_step_labels(
 @asset(
     partitions_def=dataset_partitions,
     group_name="labels",
+    automation_condition=on_new_data(),
+    retry_policy=REMOTE_RETRY,
     ins={"mc_step_labels": AssetIn(), "judge_step_labels": AssetIn(), "seed_problems": AssetIn(),
          "policy_rollouts": AssetIn()},
     description="Rollouts on which MC and the judge agree on the first error, with one label per kept step; "

@@ -34,6 +34,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
+from pipelines.automation import REMOTE_RETRY, build_if_missing
 from prmforge.policy import PolicySettings
 from prmforge.policy.benchmark import build_world_benchmark
 from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
@@ -94,6 +95,8 @@ def _calibration_check(asset_name: str) -> AssetCheckSpec:
 
 @asset(
     group_name="policy",
+    automation_condition=build_if_missing(),
+    retry_policy=REMOTE_RETRY,
     check_specs=[_calibration_check("policy_model")],
     description="Bootstrap policy: small Llama trained from scratch on gold world solutions (HF folder: "
     "config.json, model.safetensors, tokenizer). Path: <root>/models/policy/<config hash>/",
@@ -112,6 +115,8 @@ def policy_model(
 
 @asset(
     group_name="policy",
+    automation_condition=build_if_missing(),
+    retry_policy=REMOTE_RETRY,
     # No calibration band here: the band keeps a *policy* wrong often enough to label; a verifier's
     # base should know as much as possible (its calibration is still reported as metadata).
     description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base_model` entries. "
@@ -173,6 +178,8 @@ def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: b
 
 @asset(
     group_name="policy",
+    automation_condition=build_if_missing(),
+    retry_policy=REMOTE_RETRY,
     deps=[AssetKey("policy_model")],
     check_specs=[AssetCheckSpec("benchmark_usable", asset="world_benchmark", blocking=True,
                                 description="enough fully correct and erroneous samples to evaluate a PRM")],

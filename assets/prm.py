@@ -30,6 +30,7 @@ from dagster import (
 )
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
+from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data, retrain_condition
 from prmforge.prm.settings import PRMTrainSettings
 from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
@@ -104,6 +105,10 @@ def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
     ins={"consensus_labels": AssetIn(partition_mapping=AllPartitionMapping())},
     deps=["prm_base_model"],
     group_name="prm",
+    automation_condition=retrain_condition(),
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    retry_policy=REMOTE_RETRY,
     description="PRM (policy backbone + step head) trained on the consensus labels of all (or the configured) "
     "dataset partitions; weights in storage and MLflow, passed on as `uri` metadata.",
 )
@@ -170,6 +175,8 @@ def prm_model(
 @asset(
     deps=[PRM_MODEL, "world_benchmark", "policy_model"],
     group_name="prm",
+    automation_condition=on_new_data(),
+    retry_policy=REMOTE_RETRY,
     description="ProcessBench-format F1 per subset (threshold chosen on a separate split), Best-of-N reranking "
     "vs majority/random/pass@N on held-out world problems, and diagnostics; plots in MLflow.",
     check_specs=[AssetCheckSpec("steps_scored", asset=PRM_EVALUATION, blocking=True,
@@ -253,6 +260,8 @@ def _steps_scored_check(rep: "EvalReport", max_share: float) -> AssetCheckResult
 @asset(
     deps=[PRM_EVALUATION],
     group_name="prm",
+    automation_condition=on_new_data(),
+    retry_policy=REMOTE_RETRY,
     description="The PRM logged as an MLflow pyfunc (problem + steps → one score per step), registered with "
     "lineage tags; alias `challenger`, and `champion` only if the gate metric beats the champion by the margin.",
 )

@@ -25,6 +25,7 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
+from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
 from prmforge.contracts.datasets import rollouts_contract
 from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, select_problems
 from prmforge.sharding import Progress
@@ -66,6 +67,10 @@ def _n_per_problem(table: pa.Table, problem_ids: list[str], n: int) -> tuple[boo
 @asset(
     partitions_def=dataset_partitions,
     group_name="rollouts",
+    automation_condition=on_new_data(),
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    retry_policy=REMOTE_RETRY,
     deps=[AssetKey("policy_model")],
     check_specs=_checks(),
     description="n sampled step-by-step solutions per seed problem (rollout_id, problem_id, steps, text, "

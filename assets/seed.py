@@ -39,6 +39,8 @@ one-dataset runs would see.
 """
 
 
+import inspect
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,14 +61,10 @@ from dagster import (
     Output,
     multi_asset,
 )
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
-)
-from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
-from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from assets.common import fail_fast_on_config_errors, table_data_version
 from assets.partitions import dataset_partitions
+from pipelines.automation import REMOTE_RETRY, SINGLE_RUN_BACKFILL
 from prmforge.contracts.datasets import dropped_contract, quarantine_contract, seed_contract
 from prmforge.errors import ConfigError
 from prmforge.ingest import (
@@ -80,6 +78,11 @@ from prmforge.storage import Storage
 from resources.quality import QualityResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
+
+# Dagster's documented run and materialisation tags (system tags), by value: Dagster exports no names for them.
+DATA_VERSION_TAG = "dagster/data_version"
+DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
+BACKFILL_ID_TAG = "dagster/backfill"
 
 SEED = "seed_problems"
 QUARANTINE = "seed_problems_quarantine"
@@ -165,6 +168,16 @@ def _one_partition(context: AssetExecutionContext, ingest: IngestSettings, store
     yield from _checks(result, quality)
 
 
+def _target_type() -> type:
+    """The class of ``AssetCheckEvaluation.target_materialization_data``.
+
+    Dagster does not export it at top level; it is taken from the public
+    ``AssetCheckEvaluation``'s signature instead of importing ``dagster._core``.
+    """
+    annotation = inspect.signature(AssetCheckEvaluation).parameters["target_materialization_data"].annotation
+    return next(t for t in typing.get_args(annotation) if t is not type(None))
+
+
 def _partition_evaluation(context: AssetExecutionContext, result: AssetCheckResult,
                           partition: str) -> AssetCheckEvaluation:
     """``result`` as the evaluation of ``partition``'s check.
@@ -176,7 +189,7 @@ def _partition_evaluation(context: AssetExecutionContext, result: AssetCheckResu
     key = result.asset_key
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    target = (AssetCheckEvaluationTargetMaterializationData(
+    target = (_target_type()(
         run_id=records[0].run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp)
         if records else None)
     return AssetCheckEvaluation(
@@ -241,6 +254,9 @@ def _partition_range(context: AssetExecutionContext, ingest: IngestSettings, sto
     },
     partitions_def=dataset_partitions,
     group_name="seed",
+    # No automation condition: the new-dataset sensor and the refresh schedule request it.
+    backfill_policy=SINGLE_RUN_BACKFILL,  # a backfill over many datasets is one run (module docstring)
+    retry_policy=REMOTE_RETRY,
     check_specs=[
         AssetCheckSpec("rows_conserved", asset=SEED, blocking=True, partitions_def=dataset_partitions,
                        description="rows read = accepted + quarantined + deduplicated + decontaminated"),

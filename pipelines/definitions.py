@@ -38,12 +38,11 @@ def _executor() -> Any:
 def build_defs(**resource_overrides: Any) -> Definitions:
     """Build the code location; tests pass resource overrides (storage root, profile)."""
     from pipelines import automation_defs
-    from pipelines.automation import apply_orchestration
 
     return Definitions(
-        # Automation conditions, the gpu pool, retries and backfill policies
-        # are applied here, centrally (see pipelines/automation.py).
-        assets=apply_orchestration(load_assets_from_modules(ASSET_MODULES)),
+        # Automation conditions, the gpu pool, retries and backfill policies are declared
+        # on each asset's decorator (values and reasons: pipelines/automation.py).
+        assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
         resources=build_resources(**resource_overrides),
         executor=_executor(),

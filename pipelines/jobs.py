@@ -1,8 +1,7 @@
-"""Asset jobs: the whole graph, and one job per stage.
+"""Asset jobs: the whole graph, and one job per stage (asset group).
 
-Selections are by asset *name* through ``pipelines.automation.stage_selection``
-(``key:"..."`` strings), which match nothing rather than fail when a stage
-module does not define an asset yet. Launch any of them from the UI
+Selections are by asset group (``AssetSelection.groups``), so a stage's job
+follows whatever assets its module defines. Launch any of them from the UI
 (Launchpad or the asset graph), or from the CLI (``prmforge run`` /
 ``prmforge backfill``); a job over the ``datasets`` partitions runs one
 dataset per run, and a backfill fans out over several.
@@ -10,14 +9,9 @@ dataset per run, and a backfill fans out over several.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dagster import define_asset_job
 
-if TYPE_CHECKING:  # the class is not exported at dagster's top level
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-
-from pipelines.automation import STAGES, all_stage_assets, stage_selection
+from pipelines.automation import STAGE_GROUPS, stage_selection
 
 FULL_PIPELINE_JOB = "full_pipeline"
 
@@ -29,21 +23,21 @@ def stage_job_name(stage: str) -> str:
 
 full_pipeline = define_asset_job(
     FULL_PIPELINE_JOB,
-    selection=stage_selection(all_stage_assets()),
+    selection=stage_selection(),
     description="Every stage: seed problems to a registered PRM. Partitioned stages run for the run's dataset.",
     tags={"prmforge/job": "full"},
 )
 
-STAGE_JOBS: dict[str, UnresolvedAssetJobDefinition] = {
+STAGE_JOBS = {
     stage: define_asset_job(
         stage_job_name(stage),
-        selection=stage_selection(names),
-        description=f"Stage '{stage}': {', '.join(names)}.",
+        selection=stage_selection(stage),
+        description=f"Stage '{stage}': the assets of group '{stage}'.",
         tags={"prmforge/stage": stage},
     )
-    for stage, names in STAGES.items()
+    for stage in STAGE_GROUPS
 }
 
 seed_job = STAGE_JOBS["seed"]
 
-JOBS: list[UnresolvedAssetJobDefinition] = [full_pipeline, *STAGE_JOBS.values()]
+JOBS = [full_pipeline, *STAGE_JOBS.values()]

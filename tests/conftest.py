@@ -16,6 +16,9 @@ import pytest
 from net_helpers import free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Retry policies are built when the code location is imported (pipelines/automation.py), before any
+# fixture runs: steps keep them but retry without waiting.
+os.environ.setdefault("PRMFORGE_RETRY_DELAY_S", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 The assets here are small stand-ins with the pipeline's real names and
 shape (partitioned rollouts and labels with a blocking check, an
 unpartitioned PRM); the conditions, pools and retries are the ones
-``pipelines.definitions`` applies, via ``apply_orchestration``.
+the stage modules declare on their decorators (``pipelines.automation``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from assets.common import table_data_version
 from assets.partitions import DATASETS_PARTITIONS_NAME, dataset_partitions
-from pipelines.automation import GPU_POOL, apply_orchestration
+from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data, retrain_condition
 
 # What the stand-in assets produce, changed by the tests between runs.
 STATE: dict[str, object] = {}
@@ -28,19 +28,21 @@ def seed_problems() -> dg.Output:
     return dg.Output(table, data_version=table_data_version(table))
 
 
-@dg.asset(partitions_def=dataset_partitions, deps=[seed_problems])
+@dg.asset(partitions_def=dataset_partitions, deps=[seed_problems], automation_condition=on_new_data(),
+          pool=GPU_POOL, op_tags=GPU_OP_TAGS, retry_policy=REMOTE_RETRY)
 def policy_rollouts() -> dg.Output:
     table = pa.table({"rollout": STATE["rollouts"]})
     return dg.Output(table, data_version=table_data_version(table))
 
 
-@dg.asset(partitions_def=dataset_partitions, deps=[policy_rollouts])
+@dg.asset(partitions_def=dataset_partitions, deps=[policy_rollouts], automation_condition=on_new_data(),
+          pool=GPU_POOL, op_tags=GPU_OP_TAGS, retry_policy=REMOTE_RETRY)
 def mc_step_labels() -> dg.Output:
     table = pa.table({"label": [1.0]})
     return dg.Output(table, data_version=table_data_version(table))
 
 
-@dg.asset(partitions_def=dataset_partitions)
+@dg.asset(partitions_def=dataset_partitions, automation_condition=on_new_data(), retry_policy=REMOTE_RETRY)
 def consensus_labels() -> dg.Output:
     table = pa.table({"label": STATE["labels"]})
     return dg.Output(table, data_version=table_data_version(table))
@@ -51,14 +53,15 @@ def consensus_labels_valid() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=bool(STATE["check_passes"]))
 
 
-@dg.asset(deps=[consensus_labels])
+@dg.asset(deps=[consensus_labels], automation_condition=retrain_condition(), pool=GPU_POOL, op_tags=GPU_OP_TAGS,
+          retry_policy=REMOTE_RETRY)
 def prm_model() -> dg.MaterializeResult:
     STATE["trained"] = int(STATE.get("trained", 0)) + 1
     return dg.MaterializeResult(metadata={"uri": "file:///nowhere"})
 
 
 def _assets() -> list:
-    return apply_orchestration([seed_problems, policy_rollouts, mc_step_labels, consensus_labels, prm_model])
+    return [seed_problems, policy_rollouts, mc_step_labels, consensus_labels, prm_model]
 
 
 def _defs() -> dg.Definitions:
@@ -174,7 +177,7 @@ def test_gpu_pool_retries_and_k8s_tags_are_applied() -> None:
     assert gpu_op.retry_policy is not None and gpu_op.retry_policy.max_retries >= 1
     assert by_name["consensus_labels"].op.pool is None  # CPU step: no GPU slot
     assert by_name["consensus_labels"].op.retry_policy is not None
-    # The rebuilt op still runs, with its partition and data version.
+    # The op runs, with its partition and data version.
     with dg.instance_for_test() as inst:
         inst.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, ["a"])
         STATE.update(rollouts=["x"])
@@ -213,21 +216,26 @@ def test_gpu_pool_limits_concurrent_gpu_steps() -> None:
 
 
 def test_real_definitions_carry_the_policy() -> None:
-    """Whatever stage assets exist in the code location get the same policy."""
-    from pipelines.automation import GPU_ASSETS, conditions
+    """Every stage asset of the code location declares its run policy on its decorator."""
+    from pipelines.automation import STAGE_GROUPS
     from pipelines.definitions import build_defs
 
     graph = build_defs().resolve_asset_graph()
-    present = {k.path[-1]: k for k in graph.get_all_asset_keys()}
-    conds = conditions()
-    checked = 0
-    for name, key in present.items():
-        node = graph.get(key)
-        if name in conds:
-            assert node.automation_condition is not None, name
-            assert node.automation_condition.get_label() == conds[name].get_label(), name
-            checked += 1
-        if name in GPU_ASSETS:
-            assert node.pools == {GPU_POOL}, name
-    if not checked:
-        pytest.skip("no stage asset is defined yet")
+    gpu = {"policy_rollouts", "mc_step_labels", "judge_step_labels", "prm_model"}
+    labels = {"policy_model": "build_if_missing", "prm_base_model": "build_if_missing",
+              "world_benchmark": "build_if_missing", "prm_model": "retrain_on_new_labels",
+              **{n: "on_new_data" for n in ("policy_rollouts", "mc_step_labels", "judge_step_labels",
+                                            "consensus_labels", "prm_evaluation", "registered_prm")}}
+    stage_assets = {k: graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).group_name in STAGE_GROUPS}
+    assert {k.path[-1] for k in stage_assets} >= set(labels) | {"seed_problems"}
+    for key, node in stage_assets.items():
+        name = key.path[-1]
+        cond = node.automation_condition
+        assert (cond.get_label() if cond else None) == labels.get(name), name
+        assert node.pools == ({GPU_POOL} if name in gpu else set()), name
+        op = node.assets_def.op
+        assert op.retry_policy is not None and op.retry_policy.max_retries >= 1, name
+        assert ("dagster-k8s/config" in op.tags) == (name in gpu), name
+    seed = graph.get(dg.AssetKey("seed_problems"))
+    assert seed.backfill_policy == dg.BackfillPolicy.single_run()
+    assert graph.get(dg.AssetKey("policy_rollouts")).backfill_policy is None  # one dataset per run

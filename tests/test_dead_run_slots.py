@@ -21,34 +21,34 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.automation import GPU_POOL, apply_orchestration
+from pipelines.automation import GPU_POOL
 from prmforge import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A stand-in for a GPU stage (the name puts it in the gpu pool) that holds its slot until killed.
+# A stand-in for a GPU stage (in the gpu pool, as the real one) that holds its slot until killed.
 RUN_SCRIPT = """
 import os, sys, time
 from pathlib import Path
 import dagster as dg
-from pipelines.automation import apply_orchestration
+from pipelines.automation import GPU_POOL
 from prmforge import cli
 
 marker = Path(sys.argv[1])
 
-@dg.asset(name="prm_model")
+@dg.asset(name="prm_model", pool=GPU_POOL)
 def gpu_step() -> dg.MaterializeResult:
     marker.write_text(str(os.getpid()))
     time.sleep(600)
     return dg.MaterializeResult()
 
-defs = dg.Definitions(assets=apply_orchestration([gpu_step]), jobs=[dg.define_asset_job("full_pipeline")])
+defs = dg.Definitions(assets=[gpu_step], jobs=[dg.define_asset_job("full_pipeline")])
 with cli.get_instance() as instance:
     cli.execute_phases(defs, instance, [cli.Phase("gpu", [dg.AssetKey("prm_model")])])
 """
 
 
-@dg.asset(name="prm_model")
+@dg.asset(name="prm_model", pool=GPU_POOL)
 def quick_gpu_step() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"ran": True})
 
@@ -117,7 +117,7 @@ def test_sigkilled_run_frees_its_gpu_slot_for_the_next_gpu_step(dagster_home: Pa
     assert cli.reap_dead_runs(instance) == []  # once only
 
     # A following GPU step gets the slot (it would wait forever otherwise).
-    step = apply_orchestration([quick_gpu_step])
+    step = [quick_gpu_step]
     assert step[0].op.pool == GPU_POOL
     outcome: dict[str, bool] = {}
     worker = threading.Thread(target=lambda: outcome.update(ok=dg.materialize(step, instance=instance).success),
@@ -133,16 +133,16 @@ LOCATION = """
 import os, time
 from pathlib import Path
 import dagster as dg
-from pipelines.automation import apply_orchestration
+from pipelines.automation import GPU_POOL
 
-@dg.asset(name="prm_model")
+@dg.asset(name="prm_model", pool=GPU_POOL)
 def gpu_step() -> dg.MaterializeResult:
     # The step runs in a child of the run worker (multiprocess executor): record both.
     Path(os.environ["PRMFORGE_TEST_MARKER"]).write_text(f"{os.getppid()} {os.getpid()}")
     time.sleep(600)
     return dg.MaterializeResult()
 
-defs = dg.Definitions(assets=apply_orchestration([gpu_step]),
+defs = dg.Definitions(assets=[gpu_step],
                       jobs=[dg.define_asset_job("gpu_job", selection=["prm_model"])])
 """
 
@@ -221,7 +221,7 @@ def test_daemon_monitoring_frees_the_slot_of_a_killed_launched_run(dagster_home:
                 except ProcessLookupError:
                     pass
 
-        step_def = apply_orchestration([quick_gpu_step])
+        step_def = [quick_gpu_step]
         outcome: dict[str, bool] = {}
         worker_thread = threading.Thread(
             target=lambda: outcome.update(ok=dg.materialize(step_def, instance=instance).success), daemon=True)

@@ -10,21 +10,27 @@ import dagster as dg
 import pytest
 
 from assets.partitions import DATASETS_PARTITIONS_NAME
-from pipelines.automation import STAGES
+from pipelines.automation import STAGE_GROUPS
 
 
 def test_one_job_for_the_graph_and_one_per_stage() -> None:
+    """Stage jobs select their asset group; the full job selects every stage group."""
     from pipelines.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    present = {k.path[-1] for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
+    by_group: dict[str, set[str]] = {}
+    for k in graph.get_all_asset_keys():
+        if graph.get(k).is_executable:
+            by_group.setdefault(graph.get(k).group_name, set()).add(k.path[-1])
+    assert set(by_group) == set(STAGE_GROUPS)
     names = {j.name for j in defs.jobs}
-    assert names == {"full_pipeline", *(f"{s}_job" for s in STAGES)}
+    assert names == {"full_pipeline", *(f"{s}_job" for s in STAGE_GROUPS)}
     full = {k.path[-1] for k in defs.resolve_job_def("full_pipeline").asset_layer.executable_asset_keys}
-    assert full == present & {n for ns in STAGES.values() for n in ns}
-    for stage, assets in STAGES.items():
+    assert full == set().union(*by_group.values())
+    for stage in STAGE_GROUPS:
         job = defs.resolve_job_def(f"{stage}_job")
-        assert {k.path[-1] for k in job.asset_layer.executable_asset_keys} == present & set(assets), stage
+        assert {k.path[-1] for k in job.asset_layer.executable_asset_keys} == by_group[stage], stage
+    assert by_group["seed"] == {"seed_problems", "seed_problems_quarantine", "seed_problems_dropped"}
     assert defs.resolve_job_def("seed_job").partitions_def.name == DATASETS_PARTITIONS_NAME
 
 
