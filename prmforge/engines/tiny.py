@@ -45,15 +45,21 @@ def train_tiny_tokenizer(vocab_size: int = 300):
 
 def build_tiny_llama(
     out_dir: str | Path,
-    hidden_size: int = 32,
+    hidden_size: int = 64,
     layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
-    intermediate_size: int = 64,
+    heads: int = 2,
+    kv_heads: int = 1,
+    intermediate_size: int = 128,
     max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> Path:
-    """Save a random tiny Llama and its tokenizer to ``out_dir`` (safetensors)."""
+    """Save a random tiny Llama and its tokenizer to ``out_dir`` (safetensors).
+
+    The default head size is 32 (64 / 2 heads), the smallest vLLM's CPU
+    attention supports (32, 64, 80, 96, 112, 128, ...), so the one tiny model
+    serves every engine test, vLLM included; grouped-query attention (2 query
+    heads, 1 KV head) as in real policies.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

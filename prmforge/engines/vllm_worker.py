@@ -1,41 +1,83 @@
 """The vLLM worker process: the only module that imports ``vllm``.
 
-It is started by :class:`prmforge.engines.vllm.VLLMEngine` with the ``spawn``
-start method, so the parent never initialises CUDA and every byte of GPU
-memory is returned to the system when the worker exits at the end of the step.
-Protocol over a ``multiprocessing`` pipe (plain dicts/lists, JSON-compatible):
+It is started by :class:`prmforge.engines.vllm.VLLMEngine` as a fresh
+interpreter (``python -m prmforge.engines.vllm_worker FD_IN FD_OUT``), so the
+parent never initialises CUDA and every byte of device memory is returned to
+the system when the worker exits. A plain subprocess rather than a
+``multiprocessing`` child: Python joins non-daemon ``multiprocessing``
+children at exit, so a caller that raised before ``close()`` hung waiting for
+a worker that was waiting for it. Here the parent's exit closes the pipe, the
+worker reads EOF and shuts down by itself. Protocol: length-prefixed JSON
+over two pipes (stdout/stderr stay free for vLLM's logs):
 
-* first message from the worker: ``{"ok": True, "ready": True}`` or ``{"ok": False, "error": ...}``
+* first request ``{"op": "start", "cfg": {...}}``; answer ``{"ok": True, "ready": True, "platform": ...}``
+  or ``{"ok": False, "error": ...}``
 * request ``{"op": "generate", "prompts": [...], "params": {...}}`` ->
   ``{"ok": True, "results": [[{text, prompt_tokens, completion_tokens, finish_reason}, ...], ...]}``
-* request ``{"op": "close"}`` -> the worker exits.
+* request ``{"op": "close"}`` (or EOF) -> the worker shuts vLLM's engine core down and exits.
+
+The worker makes itself a process-group leader (``os.setsid``), so vLLM's
+``EngineCore`` and ``Worker`` processes share its group and the parent can
+kill them all at once if a clean shutdown does not finish in time.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+import sys
 import traceback
-from typing import Any
+from typing import IO, Any
+
+GiB = 1 << 30
+_HEADER = struct.Struct("!Q")
+
+
+def send_msg(f: IO[bytes], msg: dict) -> None:
+    """Write one length-prefixed JSON message."""
+    data = json.dumps(msg).encode()
+    f.write(_HEADER.pack(len(data)) + data)
+    f.flush()
+
+
+def recv_msg(f: IO[bytes]) -> dict:
+    """Read one message; ``EOFError`` when the other side closed the pipe."""
+    head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise EOFError("pipe closed")
+    data = f.read(_HEADER.unpack(head)[0])
+    return json.loads(data)
 
 
 def _build_llm(cfg: dict[str, Any]):
     from vllm import LLM
+    from vllm.platforms import current_platform
 
+    on_cpu = current_platform.is_cpu()
     kwargs: dict[str, Any] = {
         "model": cfg["model"],
         "tensor_parallel_size": cfg.get("tensor_parallel_size", 1),
-        "gpu_memory_utilization": cfg.get("gpu_memory_utilization", 0.85),
-        "enable_prefix_caching": True,
+        "enable_prefix_caching": bool(cfg.get("enable_prefix_caching", True)),
         "trust_remote_code": bool(cfg.get("trust_remote_code", False)),
         "load_format": "safetensors",  # never unpickle weights
         "seed": 0,
+        "enforce_eager": bool(cfg.get("enforce_eager", False)),
     }
+    if on_cpu:
+        # Seeded sampling crashes once a prefill is chunked on CPU ("CPU Generator does not use
+        # offset"), and without a bound vLLM reserves gpu_memory_utilization of the host's RAM.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["kv_cache_memory_bytes"] = int(float(cfg.get("cpu_kv_cache_gib", 1.0)) * GiB)
+    else:
+        kwargs["gpu_memory_utilization"] = cfg.get("gpu_memory_utilization", 0.85)
     if cfg.get("dtype") and cfg["dtype"] != "auto":
         kwargs["dtype"] = cfg["dtype"]
     if cfg.get("max_model_len"):
         kwargs["max_model_len"] = int(cfg["max_model_len"])
-    if cfg.get("enforce_eager"):
-        kwargs["enforce_eager"] = True
-    return LLM(**kwargs)
+    if cfg.get("max_num_seqs"):
+        kwargs["max_num_seqs"] = int(cfg["max_num_seqs"])
+    return LLM(**kwargs), ("cpu" if on_cpu else current_platform.device_type)
 
 
 def _generate(llm, prompts: list[str], p: dict[str, Any]) -> list[list[dict]]:
@@ -56,24 +98,55 @@ def _generate(llm, prompts: list[str], p: dict[str, Any]) -> list[list[dict]]:
     return results
 
 
-def worker_main(conn, cfg: dict[str, Any]) -> None:
-    """Entry point of the spawned process."""
+def _shutdown(llm) -> None:
+    """Stop the engine core (and its workers) now.
+
+    The ``EngineCore`` process is a non-daemon child of this one: returning
+    without stopping it first makes Python's exit wait for it, and a worker
+    killed instead leaves it (and the device memory it holds) orphaned.
+    """
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
+def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
+    """Serve one engine: start it, answer requests until ``close`` or EOF, then shut it down."""
+    os.setsid()  # vLLM's processes join this group: the parent can always reap them together
     try:
-        llm = _build_llm(cfg)
-    except BaseException as exc:  # report any start-up failure (no vllm, no GPU, bad model)
-        conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
-        conn.close()
+        cfg = recv_msg(rx)["cfg"]
+    except EOFError:
         return
-    conn.send({"ok": True, "ready": True})
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            break
-        if msg.get("op") == "close":
-            break
-        try:
-            conn.send({"ok": True, "results": _generate(llm, msg["prompts"], msg["params"])})
-        except BaseException as exc:
-            conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
-    conn.close()
+    # CPU-only settings are read from the environment by vLLM's CPU platform; a GPU build ignores them.
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cfg.get("cpu_threads_bind") or "auto")
+    llm = None
+    try:
+        llm, platform = _build_llm(cfg)
+    except BaseException as exc:  # report any start-up failure (no vllm, no device, bad model)
+        send_msg(tx, {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
+        return
+    try:
+        send_msg(tx, {"ok": True, "ready": True, "platform": platform})
+        while True:
+            try:
+                msg = recv_msg(rx)
+            except EOFError:  # the parent went away: stop too
+                break
+            if msg.get("op") == "close":
+                break
+            try:
+                result = {"ok": True, "results": _generate(llm, msg["prompts"], msg["params"])}
+            except Exception as exc:
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]}
+            send_msg(tx, result)
+    except BrokenPipeError:  # the parent went away while we answered
+        pass
+    finally:
+        _shutdown(llm)
+
+
+if __name__ == "__main__":
+    fd_in, fd_out = int(sys.argv[1]), int(sys.argv[2])
+    with os.fdopen(fd_in, "rb") as _rx, os.fdopen(fd_out, "wb") as _tx:
+        worker_main(_rx, _tx)
