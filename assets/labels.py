@@ -26,6 +26,7 @@ from dagster import (
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
+from prmforge.engines.factory import make_engine
 from prmforge.labeling.consensus import (
     CONSENSUS_SCHEMA,
     build_consensus,
@@ -39,6 +40,7 @@ from prmforge.sharding import Progress, fingerprint, run_sharded
 from resources.engine import EngineResource
 from resources.judge import JudgeResource, JudgeRow
 from resources.mlflow import MLflowResource
+from resources.ray import RayResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
@@ -181,8 +183,9 @@ def mc_step_labels(
     storage: StorageResource,
     policy_engine: EngineResource,
     mlflow: MLflowResource,
+    ray_cluster: RayResource,
 ) -> Output[pa.Table]:
-    """Label every rollout of the partition; shards are resumable across killed runs."""
+    """Label every rollout of the partition; shards are resumable across killed runs (and may run on Ray)."""
     from prmforge.steps import resolve_separator
 
     s = settings.stage(MC, config)
@@ -202,8 +205,8 @@ def mc_step_labels(
     def work(chunk: list[dict[str, Any]], index: int) -> pa.Table:
         from prmforge.labeling.mc import EngineValue
 
-        if "engine" not in holder:
-            holder["engine"] = policy_engine.make(model)
+        if "engine" not in holder:  # under Ray: once per actor, on its copy of ``holder``
+            holder["engine"] = make_engine(cfg)
         value = EngineValue(holder["engine"], grade, k=s.k, max_tokens=s.max_tokens, temperature=s.temperature,
                             top_p=s.top_p, seed=s.seed, separator=separator, batch_prefixes=s.batch_prefixes)
         items = [MCItem(r["rollout_id"], r["prompt"], list(r["steps"] or []), str(r.get("gold_answer") or ""),
@@ -213,10 +216,13 @@ def mc_step_labels(
 
     def progress(p: Progress) -> None:
         context.log.info(f"{MC}/{partition}: shard {p.shards_done}/{p.shards_total}, rollouts "
-                         f"{p.items_done}/{p.items_total}, eta {p.eta_s or 0:.0f}s")
+                         f"{p.items_done}/{p.items_total}, {p.extra['tokens_per_s']:.0f} tokens/s, "
+                         f"eta {p.eta_s or 0:.0f}s")
 
+    executor = ray_cluster.executor()
     try:
-        result = run_sharded(storage.get(), MC, partition, run_key, rows, s.shard_size, work, MC_SCHEMA, progress)
+        result = run_sharded(storage.get(), MC, partition, run_key, rows, s.shard_size, work, MC_SCHEMA, progress,
+                             executor=executor, token_column="generated_tokens")
     finally:
         if "engine" in holder:
             holder["engine"].close()
@@ -234,7 +240,7 @@ def mc_step_labels(
         "first_error_histogram": MetadataValue.json(dict(sorted(fe_hist.items(), key=lambda kv: int(kv[0])))),
         "shards_total": result.shards_total, "shards_reused": result.shards_reused,
         "shards_computed": result.shards_computed, "elapsed_s": round(result.elapsed_s, 2), "run_key": run_key,
-        **tracked,
+        **executor.describe(), **tracked,
     })
 
 
@@ -261,6 +267,7 @@ def judge_step_labels(
     storage: StorageResource,
     judge: JudgeResource,
     mlflow: MLflowResource,
+    ray_cluster: RayResource,
 ) -> Output[pa.Table]:
     s = settings.stage(JUDGE, config)
     partition = context.partition_key
@@ -292,9 +299,12 @@ def judge_step_labels(
         run_key = fingerprint({"settings": s.model_dump(), "judge": judge.engine_config().identity(),
                                "rows": fingerprint([(r["rollout_id"], r["steps"]) for r in rows]),
                                "problems": fingerprint(sorted(problems.items()))})
-        res = run_sharded(storage.get(), JUDGE, partition, run_key, rows, s.shard_size, work, JUDGE_SCHEMA)
+        executor = ray_cluster.executor()
+        res = run_sharded(storage.get(), JUDGE, partition, run_key, rows, s.shard_size, work, JUDGE_SCHEMA,
+                          executor=executor)
         table = res.table
-        extra = {"shards_reused": res.shards_reused, "shards_computed": res.shards_computed, "run_key": run_key}
+        extra = {"shards_reused": res.shards_reused, "shards_computed": res.shards_computed, "run_key": run_key,
+                 **executor.describe()}
     statuses = Counter(table.column("status").to_pylist())
     fes = [fe for fe, st in zip(table.column("first_error").to_pylist(), table.column("status").to_pylist(),
                                 strict=True) if st == "ok"]

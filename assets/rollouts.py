@@ -9,6 +9,7 @@ resumable: a killed or retried step recomputes only unfinished shards.
 
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -27,10 +28,12 @@ from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
 from prmforge.contracts.datasets import rollouts_contract
+from prmforge.engines.factory import make_engine
 from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, select_problems
 from prmforge.sharding import Progress
 from resources.engine import EngineResource
 from resources.quality import QualityResource
+from resources.ray import RayResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
@@ -85,8 +88,9 @@ def policy_rollouts(
     storage: StorageResource,
     policy_engine: EngineResource,
     quality: QualityResource,
+    ray_cluster: RayResource,
 ) -> Iterator[Any]:
-    """Sample the policy on every seed problem of the partition."""
+    """Sample the policy on every seed problem of the partition (in process, or over Ray actors)."""
     partition = context.partition_key
     rs = settings.stage(DATASET, config)
     bootstrap = not policy_engine.model
@@ -101,9 +105,11 @@ def policy_rollouts(
         context.log.info(f"{partition}: shard {p.shards_done}/{p.shards_total}, problems {p.items_done}/"
                          f"{p.items_total}, {tokens_per_s:.0f} tokens/s, ETA {eta}")
 
+    executor = ray_cluster.executor()
+    # partial, not a lambda over the resource: a Ray executor pickles the factory to every actor
     run = generate_rollouts(
         storage.get(), partition, seed_problems, rs, engine_cfg.identity(),
-        lambda: policy_engine.make(model_override=model), bootstrap, on_progress=on_progress, chat=chat,
+        partial(make_engine, engine_cfg), bootstrap, on_progress=on_progress, chat=chat, executor=executor,
     )
     table, stats = run.table, run.stats
     n_key = f"pass@{rs.n}"
@@ -129,6 +135,7 @@ def policy_rollouts(
             "run_key": run.run_key,
             "backend": engine_cfg.backend,
             "model": model,
+            **executor.describe(),
         },
         data_version=table_data_version(table),
     )

@@ -23,7 +23,7 @@ from prmforge.answers import grade
 from prmforge.config import StageSettings
 from prmforge.engines.base import Engine, SamplingParams
 from prmforge.schemas import register_schema
-from prmforge.sharding import Progress, fingerprint, run_sharded, shard_seed
+from prmforge.sharding import Progress, ShardExecutor, fingerprint, run_sharded, shard_seed
 from prmforge.steps import resolve_separator, split_steps
 from prmforge.storage import Storage
 
@@ -208,11 +208,13 @@ def generate_rollouts(
     bootstrap_policy: bool,
     on_progress: Callable[[Progress, float], None] | None = None,
     chat: Callable[[str], str] | None = None,
+    executor: ShardExecutor | None = None,
 ) -> RolloutRun:
     """Sample ``settings.n`` rollouts of every problem, resuming finished shards.
 
     ``engine_factory`` is only called if some shard still has to be computed,
-    so a fully resumed run never loads a model. ``on_progress(progress,
+    so a fully resumed run never loads a model; under a remote ``executor``
+    (Ray actors) it is pickled and called once in each worker. ``on_progress(progress,
     tokens_per_s)`` is called after each computed shard.
     """
     problems = select_problems(problems, settings)
@@ -226,11 +228,10 @@ def generate_rollouts(
     separator = resolve_separator(settings.step_separator, bootstrap_policy)
     items = problems.to_pylist()
     engine: Engine | None = None
-    tokens = 0
     start = time.monotonic()
 
     def work(chunk: list[dict], index: int) -> pa.Table:
-        nonlocal engine, tokens
+        nonlocal engine
         if engine is None:
             engine = engine_factory()
         prompts = [render_prompt(p["problem"], settings.prompt_template, bootstrap_policy) for p in chunk]
@@ -243,21 +244,21 @@ def generate_rollouts(
         rows: list[dict] = []
         for problem, prompt, comps in zip(chunk, prompts, results, strict=True):
             rows.extend(rollout_rows(problem, prompt, comps, separator))
-        tokens += sum(r["completion_tokens"] for r in rows)
         return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
 
     def progress(p: Progress) -> None:
         if on_progress is not None:
-            elapsed = time.monotonic() - start
-            on_progress(p, tokens / elapsed if elapsed > 0 else 0.0)
+            on_progress(p, p.extra["tokens_per_s"])
 
     try:
         result = run_sharded(storage, DATASET, partition, run_key, items, settings.shard_size, work,
-                             ROLLOUT_SCHEMA, on_progress=progress)
+                             ROLLOUT_SCHEMA, on_progress=progress, executor=executor,
+                             token_column="completion_tokens")
     finally:
         if engine is not None:
             engine.close()
     elapsed = time.monotonic() - start
+    tokens = result.tokens_computed
     return RolloutRun(
         table=result.table,
         run_key=run_key,

@@ -15,6 +15,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
     from resources.judge import JudgeResource
     from resources.mlflow import MLflowResource
     from resources.quality import QualityResource
+    from resources.ray import RayResource
     from resources.settings import SettingsResource
     from resources.storage import ParquetIOManager, StorageResource
 
@@ -28,6 +29,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "quality": QualityResource(),
         "policy_engine": EngineResource(),
         "judge": JudgeResource(),
+        "ray_cluster": RayResource(),
     }
     res.update(overrides)
     return res
