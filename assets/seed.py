@@ -172,7 +172,7 @@ def _target_type() -> type:
     """The class of ``AssetCheckEvaluation.target_materialization_data``.
 
     Dagster does not export it at top level; it is taken from the public
-    ``AssetCheckEvaluation``'s signature instead of importing ``dagster._core``.
+    ``AssetCheckEvaluation``'s signature instead of importing Dagster's private modules.
     """
     annotation = inspect.signature(AssetCheckEvaluation).parameters["target_materialization_data"].annotation
     return next(t for t in typing.get_args(annotation) if t is not type(None))

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from assets.partitions import DATASETS_PARTITIONS_NAME
-from prmforge import cli
+from pipelines import cli
 from prmforge.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,10 +32,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated_home: Path) -
 
 
 def test_cli_module_does_not_import_dagster() -> None:
-    code = "import sys, prmforge.cli; assert 'dagster' not in sys.modules, 'dagster imported'; print('ok')"
+    code = "import sys, pipelines.cli; assert 'dagster' not in sys.modules, 'dagster imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
-    help_out = subprocess.run([sys.executable, "-m", "prmforge.cli", "--help"], capture_output=True, text=True,
+    help_out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True,
                               cwd=REPO, timeout=60)
     assert help_out.returncode == 0 and "add-dataset" in help_out.stdout and "backfill" in help_out.stdout
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pipelines import cli
 from pipelines.automation import GPU_POOL
-from prmforge import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ import os, sys, time
 from pathlib import Path
 import dagster as dg
 from pipelines.automation import GPU_POOL
-from prmforge import cli
+from pipelines import cli
 
 marker = Path(sys.argv[1])
 

@@ -33,7 +33,7 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from assets.common import table_data_version
 from assets.partitions import DATASETS_PARTITIONS_NAME
 from assets.seed import DROPPED, QUARANTINE, SEED
-from prmforge import cli
+from pipelines import cli
 from prmforge.registry import add_dataset
 from prmforge.storage import Storage
 

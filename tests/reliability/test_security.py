@@ -123,7 +123,7 @@ def test_cli_add_dataset_refuses_bad_names(tmp_path: Path, fault) -> None:
     registry = tmp_path / "datasets.yaml"
     refused = 0
     for name in ["../evil", "a/b", "a\\b", "x" * 300]:
-        proc = subprocess.run([sys.executable, "-m", "prmforge.cli", "add-dataset", name, "--source", "world"],
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "add-dataset", name, "--source", "world"],
                               cwd=REPO, env=child_env(PRMFORGE_REGISTRY=str(registry)), capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -422,7 +422,7 @@ def test_services_bind_loopback(tmp_path: Path, fault) -> None:
     assert all(u.startswith("http://127.0.0.1:") for u in defaults.values())
     for name, addr in bound.items():
         assert addr == "127.0.0.1", (name, addr)
-    from prmforge.cli import build_parser, ui_command
+    from pipelines.cli import build_parser, ui_command
 
     ui = build_parser().parse_args(["ui"])
     cmd = ui_command(ui.host, ui.port)

@@ -5,9 +5,10 @@ Every command uses one persistent Dagster instance, ``DAGSTER_HOME``
 on first use), so runs started here appear in ``prmforge ui`` and the
 other way round.
 
-Dagster is imported only inside functions: ``prmforge/`` never imports
-dagster at module import time (``prmforge --help`` and ``add-dataset`` stay
-fast, and the package stays usable without the orchestrator).
+It lives with the code location (it loads ``pipelines.definitions`` and
+drives Dagster), not in ``prmforge/``, which imports no orchestration.
+Dagster is imported only inside functions, so ``prmforge --help`` and
+``add-dataset`` stay fast.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -53,7 +55,7 @@ concurrency:
 # free_slots_after_run_end_seconds (the delay lets step processes of a dead run
 # worker finish or die first). Runs of `prmforge run`/`backfill` execute in the
 # prmforge process; the next prmforge command marks them failed and frees
-# their slots (prmforge.cli.reap_dead_runs).
+# their slots (pipelines.cli.reap_dead_runs).
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30
@@ -497,6 +499,26 @@ def cmd_ui(args: argparse.Namespace) -> int:
             return proc.wait()
 
 
+LAUNCH_BACKFILL = """
+mutation($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+  }
+}
+"""
+
+
+class BackfillSubmitError(RuntimeError):
+    """Dagster refused the backfill (or could not load the code location to plan it)."""
+
+
 def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: str | None,
                     title: str | None = None) -> str:
     """Submit an asset backfill the daemon executes, the same object the UI creates.
@@ -504,31 +526,49 @@ def submit_backfill(defs, instance, partitions: Sequence[str] | None, select: st
     ``partitions=None`` means every registered dataset. The backfill shows in
     the UI's Backfills tab; ``dagster dev`` / ``prmforge ui`` or the deployed
     daemon runs it (per-dataset runs, within the gpu pool).
+
+    How: the UI's own ``launchPartitionBackfill`` GraphQL mutation, run by
+    Dagster's public ``dagster-graphql`` command against this instance and
+    the code location (Dagster has no public Python call that creates an
+    asset backfill). ``defs`` resolves ``select`` to asset keys here, so a bad
+    selection fails before anything is submitted.
     """
+    import json
+
     from dagster import AssetSelection, partition_loading_context
-    from dagster._core.execution.backfill import PartitionBackfill
 
     graph = defs.resolve_asset_graph()
     executable = {k for k in graph.get_all_asset_keys() if graph.get(k).is_executable}
     with partition_loading_context(dynamic_partitions_store=instance):
         keys = (AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph) & executable
                 if select else executable)
-    backfill_id = uuid.uuid4().hex[:8]
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=graph,
-        partition_names=list(partitions) if partitions is not None else None,
-        asset_selection=sorted(keys, key=str),
-        backfill_timestamp=time.time(),
-        tags={"prmforge/cli": "backfill"},
-        dynamic_partitions_store=instance,
-        all_partitions=partitions is None,
-        title=title,
-        description="submitted by `prmforge backfill`",
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill_id
+    params: dict[str, Any] = {
+        "assetSelection": [{"path": list(k.path)} for k in sorted(keys, key=str)],
+        "title": title,
+        "description": "submitted by `prmforge backfill`",
+        "tags": [{"key": "prmforge/cli", "value": "backfill"}],
+    }
+    if partitions is None:
+        params["allPartitions"] = True
+    else:
+        params["partitionNames"] = list(partitions)
+    graphql = Path(sys.executable).with_name("dagster-graphql")
+    with tempfile.TemporaryDirectory(prefix="prmforge-backfill-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [str(graphql if graphql.exists() else "dagster-graphql"), "-m", "pipelines.definitions",
+               "-a", "defs", "-d", str(REPO_ROOT), "-t", LAUNCH_BACKFILL,
+               "-v", json.dumps({"backfillParams": params}), "--output", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO_ROOT), timeout=600,
+                              env=env.child_env(DAGSTER_HOME=str(instance.root_directory)))
+        try:
+            result = json.loads(out.read_text(encoding="utf-8"))["data"]["launchPartitionBackfill"]
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            detail = out.read_text(encoding="utf-8") if out.exists() else (proc.stderr or proc.stdout)
+            raise BackfillSubmitError(f"dagster-graphql failed (exit {proc.returncode}): "
+                                      f"{detail.strip()[-1500:]}") from exc
+    if result.get("__typename") != "LaunchBackfillSuccess":
+        raise BackfillSubmitError(f"backfill refused: {result.get('__typename')}: {result.get('message', result)}")
+    return str(result["backfillId"])
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
