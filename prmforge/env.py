@@ -187,6 +187,12 @@ def set_dagster_home(path: Path) -> None:
     os.environ["DAGSTER_HOME"] = str(path)
 
 
+def export(name: str, value: str) -> None:
+    """Set ``name`` for this process and its children (settings a library reads from the environment,
+    e.g. vLLM's CPU platform)."""
+    os.environ[name] = value
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """This process's environment plus ``extra``, for a subprocess."""
     return dict(os.environ, **extra)

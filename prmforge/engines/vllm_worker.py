@@ -30,6 +30,8 @@ import sys
 import traceback
 from typing import IO, Any
 
+from prmforge import env
+
 GiB = 1 << 30
 _HEADER = struct.Struct("!Q")
 
@@ -119,7 +121,7 @@ def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
     except EOFError:
         return
     # CPU-only settings are read from the environment by vLLM's CPU platform; a GPU build ignores them.
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cfg.get("cpu_threads_bind") or "auto")
+    env.export("VLLM_CPU_OMP_THREADS_BIND", str(cfg.get("cpu_threads_bind") or "auto"))
     llm = None
     try:
         llm, platform = _build_llm(cfg)
