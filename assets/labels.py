@@ -211,7 +211,7 @@ def mc_step_labels(
                             top_p=s.top_p, seed=s.seed, separator=separator, batch_prefixes=s.batch_prefixes)
         items = [MCItem(r["rollout_id"], r["prompt"], list(r["steps"] or []), str(r.get("gold_answer") or ""),
                         bool(r.get("correct")), final_known=not r.get("truncated", False),
-                        text=r.get("text")) for r in chunk]
+                        text=r.get("text"), skip_reason=r.get("skip_reason")) for r in chunk]
         return _mc_rows(chunk, run_search(items, s.mode, value), s)
 
     def progress(p: Progress) -> None:
@@ -273,18 +273,23 @@ def judge_step_labels(
     partition = context.partition_key
     problems = dict(zip(seed_problems.column("problem_id").to_pylist(), seed_problems.column("problem").to_pylist(),
                         strict=True))
-    rows = policy_rollouts.select(["rollout_id", "problem_id", "dataset", "steps"]).to_pylist()
+    cols = ["rollout_id", "problem_id", "dataset", "steps"]
+    rows = policy_rollouts.select(cols + (["skip_reason"] if "skip_reason" in policy_rollouts.column_names
+                                          else [])).to_pylist()
     name = judge.name()
 
     def work(chunk: list[dict[str, Any]], index: int) -> pa.Table:
-        # an LLM judge without the problem text would judge blind: record, never guess
-        known = [r for r in chunk if judge.kind == "calculator" or r["problem_id"] in problems]
+        # a skipped prompt has nothing to judge; an LLM judge without the problem text would judge blind:
+        # record both, never guess
+        known = [r for r in chunk if not r.get("skip_reason")
+                 and (judge.kind == "calculator" or r["problem_id"] in problems)]
         judged = judge.judge([problems.get(r["problem_id"], "") for r in known],
                              [list(r["steps"] or []) for r in known], max_tokens=s.max_tokens,
                              temperature=s.temperature, seed=s.seed)
         by_id = {r["rollout_id"]: v for r, v in zip(known, judged, strict=True)}
         missing = JudgeRow("error", None, "problem_id not found in seed_problems", "", 0, 0)
-        verdicts = [by_id.get(r["rollout_id"], missing) for r in chunk]
+        verdicts = [by_id.get(r["rollout_id"], JudgeRow("skipped", None, r["skip_reason"], "", 0, 0)
+                              if r.get("skip_reason") else missing) for r in chunk]
         return pa.Table.from_pylist([{
             "rollout_id": r["rollout_id"], "problem_id": r["problem_id"], "dataset": r["dataset"], "judge": name,
             "status": v.status, "first_error": v.first_error, "detail": v.detail or None,
@@ -311,7 +316,9 @@ def judge_step_labels(
     metrics = {
         "rollouts": float(table.num_rows),
         "verdicts_ok": float(statuses.get("ok", 0)),
-        "unparsed_share": (table.num_rows - statuses.get("ok", 0)) / max(table.num_rows, 1),
+        "skipped_prompts": float(statuses.get("skipped", 0)),
+        "unparsed_share": (table.num_rows - statuses.get("ok", 0) - statuses.get("skipped", 0))
+        / max(table.num_rows - statuses.get("skipped", 0), 1),
         "error_share": sum(fe >= 0 for fe in fes) / max(len(fes), 1),
     }
     tracked = _log_mlflow(context, mlflow, JUDGE, {"judge": name, "partition": partition}, metrics)

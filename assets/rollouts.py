@@ -45,7 +45,9 @@ def _checks() -> list[AssetCheckSpec]:
         AssetCheckSpec("n_per_problem", asset=DATASET, blocking=True, partitions_def=dataset_partitions,
                        description="every problem has exactly n rollouts, sample indices 0..n-1"),
         AssetCheckSpec("steps_non_empty", asset=DATASET, blocking=True, partitions_def=dataset_partitions,
-                       description="every rollout has at least one step (engine errors included)"),
+                       description="every rollout that ran has at least one step (engine errors count as "
+                       "empty); prompts skipped because they do not fit the model's context are counted, not "
+                       "failed, unless nothing is left to label"),
         AssetCheckSpec("truncation_rate", asset=DATASET, blocking=False, partitions_def=dataset_partitions,
                        description="share of rollouts that hit max_tokens (WARN above the threshold)"),
         AssetCheckSpec("rollouts_contract", asset=DATASET, blocking=True, partitions_def=dataset_partitions,
@@ -126,6 +128,9 @@ def policy_rollouts(
             "n": rs.n,
             "truncation_rate": float(stats["truncation_rate"]),
             "finish_reasons": MetadataValue.json(stats["finish_reasons"]),
+            "skipped_prompts": stats["skipped_prompts"],
+            "skipped_rollouts": stats["skipped_rollouts"],
+            **({"skipped": stats["skip_message"]} if stats["skip_message"] else {}),
             "shards_total": run.shards_total,
             "shards_reused": run.shards_reused,
             "shards_computed": run.shards_computed,
@@ -143,10 +148,18 @@ def policy_rollouts(
     ok, meta = _n_per_problem(table, expected_ids, rs.n)
     yield AssetCheckResult(check_name="n_per_problem", asset_key=AssetKey(DATASET), passed=ok,
                            severity=AssetCheckSeverity.ERROR, metadata={**meta, "n": rs.n})
-    empty = stats["empty_steps"]
-    yield AssetCheckResult(check_name="steps_non_empty", asset_key=AssetKey(DATASET), passed=empty == 0,
-                           severity=AssetCheckSeverity.ERROR,
-                           metadata={"empty": empty, "errors": stats["finish_reasons"].get("error", 0)})
+    empty, skipped = stats["empty_steps"], stats["skipped_rollouts"]
+    nothing_left = stats["rollouts"] > 0 and stats["usable_rollouts"] == 0
+    yield AssetCheckResult(
+        check_name="steps_non_empty", asset_key=AssetKey(DATASET), passed=empty == 0 and not nothing_left,
+        severity=AssetCheckSeverity.ERROR,
+        description=("; ".join(filter(None, [f"{empty} rollouts without steps" if empty else "",
+                                            stats["skip_message"], "no rollout left to label" if nothing_left
+                                            else ""])) or None),
+        metadata={"empty": empty, "errors": stats["finish_reasons"].get("error", 0), "skipped_rollouts": skipped,
+                  "skipped_prompts": stats["skipped_prompts"],
+                  "skip_reasons": MetadataValue.json(stats["skip_reasons"]),
+                  **({"skipped": stats["skip_message"]} if skipped else {})})
     rate = float(stats["truncation_rate"])
     yield AssetCheckResult(check_name="truncation_rate", asset_key=AssetKey(DATASET),
                            passed=rate <= rs.truncation_warn_rate, severity=AssetCheckSeverity.WARN,

@@ -28,7 +28,7 @@ from prmforge.steps import resolve_separator, split_steps
 from prmforge.storage import Storage
 
 DATASET = "policy_rollouts"
-ROLLOUTS_CODE_VERSION = "1"
+ROLLOUTS_CODE_VERSION = "2"  # 2: finish_reason "skipped" and the skip_reason column
 
 ROLLOUT_SCHEMA = register_schema(
     DATASET,
@@ -46,9 +46,12 @@ ROLLOUT_SCHEMA = register_schema(
             pa.field("correct", pa.bool_(), nullable=False),
             pa.field("prompt_tokens", pa.int64(), nullable=False),
             pa.field("completion_tokens", pa.int64(), nullable=False),
-            pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | error
+            pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | error | skipped
             pa.field("truncated", pa.bool_(), nullable=False),  # hit max_tokens
             pa.field("error", pa.string()),  # why the engine failed this prompt (finish_reason == "error")
+            # why the prompt was never run (finish_reason == "skipped"), e.g. "prompt longer than the model's
+            # context (max 2,048 positions): 2,113 prompt tokens + max_tokens 160"; downstream stages skip the row
+            pa.field("skip_reason", pa.string()),
         ]
     ),
 )
@@ -150,7 +153,8 @@ def rollout_rows(problem: dict, prompt: str, completions, separator: str) -> lis
     """The table rows of one problem's completions."""
     rows = []
     for j, c in enumerate(completions):
-        text = c.text if c.finish_reason != "error" else ""
+        text = c.text if c.finish_reason not in ("error", "skipped") else ""
+        skipped = c.finish_reason == "skipped"
         pred, ok = grade(text, problem["answer"]) if text else (None, False)
         rows.append({
             "rollout_id": f"{problem['problem_id']}#{j}",
@@ -167,17 +171,43 @@ def rollout_rows(problem: dict, prompt: str, completions, separator: str) -> lis
             "completion_tokens": int(c.completion_tokens),
             "finish_reason": c.finish_reason,
             "truncated": c.finish_reason == "length",
-            "error": c.error,
+            "error": None if skipped else c.error,
+            "skip_reason": (c.error or "skipped by the engine") if skipped else None,
         })
     return rows
 
 
+def skip_summary(table: pa.Table) -> dict:
+    """Skipped prompts (never run, e.g. longer than the model's context): counts and a one-line message.
+
+    ``message`` is what the UI shows, e.g. "17 prompts skipped (68 rollouts): prompt longer than the
+    model's context (max 2,048 positions)"; ``reasons`` counts rollouts per reason (numbers dropped).
+    """
+    reasons = [r for r in table.column("skip_reason").to_pylist() if r is not None] \
+        if "skip_reason" in table.column_names else []
+    if not reasons:
+        return {"skipped_rollouts": 0, "skipped_prompts": 0, "skip_reasons": {}, "message": ""}
+    pids = {p for p, r in zip(table.column("problem_id").to_pylist(), table.column("skip_reason").to_pylist(),
+                              strict=True) if r is not None}
+    kinds: dict[str, int] = {}
+    for r in reasons:
+        kind = r.split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"skipped_rollouts": len(reasons), "skipped_prompts": len(pids), "skip_reasons": kinds,
+            "message": f"{len(pids)} prompts skipped ({len(reasons)} rollouts): " + "; ".join(kinds)}
+
+
 def summarize(table: pa.Table, n: int) -> dict:
-    """Accuracy, pass@n, truncation and finish-reason counts of a rollout table."""
+    """Accuracy, pass@n, truncation, finish-reason and skip counts of a rollout table.
+
+    ``empty_steps`` counts rollouts that ran and produced no step (engine errors included); skipped
+    prompts are counted apart (``skipped_rollouts``, ``skipped_prompts``, ``skip_message``), never as empty.
+    """
     rows = table.num_rows
     if rows == 0:
         return {"rollouts": 0, "problems": 0, "accuracy": 0.0, f"pass@{n}": 0.0, "truncation_rate": 0.0,
-                "finish_reasons": {}, "empty_steps": 0}
+                "finish_reasons": {}, "empty_steps": 0, "skipped_rollouts": 0, "skipped_prompts": 0,
+                "skip_reasons": {}, "skip_message": "", "usable_rollouts": 0}
     pids = table.column("problem_id").to_pylist()
     correct = table.column("correct").to_pylist()
     solved: dict[str, bool] = {}
@@ -186,6 +216,9 @@ def summarize(table: pa.Table, n: int) -> dict:
     reasons: dict[str, int] = {}
     for r in table.column("finish_reason").to_pylist():
         reasons[r] = reasons.get(r, 0) + 1
+    skips = skip_summary(table)
+    empty = sum(1 for s, r in zip(table.column("steps").to_pylist(), table.column("finish_reason").to_pylist(),
+                                  strict=True) if not s and r != "skipped")
     return {
         "rollouts": rows,
         "problems": len(solved),
@@ -193,7 +226,12 @@ def summarize(table: pa.Table, n: int) -> dict:
         f"pass@{n}": sum(solved.values()) / len(solved),
         "truncation_rate": sum(table.column("truncated").to_pylist()) / rows,
         "finish_reasons": reasons,
-        "empty_steps": sum(1 for s in table.column("steps").to_pylist() if not s),
+        "empty_steps": empty,
+        "skipped_rollouts": skips["skipped_rollouts"],
+        "skipped_prompts": skips["skipped_prompts"],
+        "skip_reasons": skips["skip_reasons"],
+        "skip_message": skips["message"],
+        "usable_rollouts": rows - skips["skipped_rollouts"] - empty,
         "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
     }
 

@@ -53,6 +53,12 @@ def test_rollouts_contract_passes_good_and_names_each_broken_promise() -> None:
     assert "finish_reason" in result.summary()
 
 
+def test_rollouts_contract_leaves_skipped_prompts_to_the_steps_check() -> None:
+    """Prompts longer than the context are skipped, not engine errors, and do not drag the mean steps down."""
+    table = rollouts(finish_reason=["skipped"] * 4, steps=[[], [], [], []])
+    assert validate(rollouts_contract(2, 3, 0.0, (2, 10)), table).passed
+
+
 def mc_rows(**change) -> pa.Table:
     rows = [{"rollout_id": f"r{i}", "status": "ok", "k": 4, "first_error": -1 if i % 2 else 1,
              "steps": ["a", "b", "c"], "probe_soft": [1.0, 0.25], "labels": [True, False]} for i in range(4)]

@@ -131,10 +131,10 @@ def test_prompt_kv_computed_once_for_n_samples(engine: HFEngine) -> None:
     assert decode and decode[0][0] == len(PROMPTS) * 5
 
 
-def test_too_long_prompt_is_an_error_completion(engine: HFEngine) -> None:
+def test_too_long_prompt_is_a_skipped_completion(engine: HFEngine) -> None:
     out = engine.generate(["1 + 1 = " * 600, "x ="], SamplingParams(n=2, max_tokens=8))
-    assert [c.finish_reason for c in out[0]] == ["error", "error"]
-    assert "exceeds" in out[0][0].error
+    assert [c.finish_reason for c in out[0]] == ["skipped", "skipped"]
+    assert out[0][0].error.startswith("prompt longer than the model's context (max ")
     assert [c.finish_reason for c in out[1]] == ["length", "length"]
 
 

@@ -75,7 +75,11 @@ def rollouts_contract(n: int, upstream_problems: int | None, max_error_share: fl
                       mean_steps: tuple[float, float]) -> Contract:
     """``policy_rollouts``: N samples per problem, engine failures and step counts within bounds."""
     def derive(t: pa.Table) -> dict[str, pd.Series]:
-        return {"n_steps": list_len(t, "steps"),
+        # skipped prompts (never run: longer than the model's context) have no steps and are counted by the
+        # steps_non_empty check; the mean steps per solution is over the solutions that ran
+        ran = [r != "skipped" for r in t.column("finish_reason").to_pylist()]
+        n_steps = list_len(t, "steps").astype("float64").where(pd.Series(ran, dtype="bool"))
+        return {"n_steps": n_steps,
                 "engine_failed": is_not_in(t, "finish_reason", {"stop", "length", "skipped"})}
 
     def expectations() -> list:

@@ -24,14 +24,20 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
 
+PROMPT_TOO_LONG = "prompt longer than the model's context"
+
+
 @dataclass
 class Completion:
     """One sampled continuation of one prompt.
 
     ``finish_reason`` is ``"stop"`` (EOS or a stop string), ``"length"``
-    (hit ``max_tokens``) or ``"error"`` (the backend failed for this prompt
-    after its retries; ``error`` says why and ``text`` is empty). Errors are
-    data, not exceptions, so one bad request never loses a whole shard.
+    (hit ``max_tokens``), ``"error"`` (the backend failed for this prompt
+    after its retries; ``error`` says why and ``text`` is empty) or
+    ``"skipped"`` (the prompt cannot be run at all, e.g. it is longer than the
+    model's context; ``error`` says why, starting with :data:`PROMPT_TOO_LONG`
+    for that case). Errors are data, not exceptions, so one bad request never
+    loses a whole shard.
     """
 
     text: str

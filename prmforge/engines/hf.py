@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prmforge.engines.base import Completion, Engine, SamplingParams
+from prmforge.engines.base import PROMPT_TOO_LONG, Completion, Engine, SamplingParams
 from prmforge.model_files import ModelSourceError, local_model
 
 log = logging.getLogger(__name__)
@@ -356,9 +356,9 @@ class HFEngine(Engine):
             too_long = self.max_positions is not None and len(ids) + params.max_tokens > self.max_positions
             if not ids or too_long:
                 why = "empty prompt" if not ids else (
-                    f"prompt has {len(ids)} tokens; with max_tokens={params.max_tokens} it exceeds the model's "
-                    f"{self.max_positions} positions")
-                results[i] = [Completion(text="", prompt_tokens=len(ids), finish_reason="error", error=why)
+                    f"{PROMPT_TOO_LONG} (max {self.max_positions:,} positions): {len(ids):,} prompt tokens + "
+                    f"max_tokens {params.max_tokens:,}")
+                results[i] = [Completion(text="", prompt_tokens=len(ids), finish_reason="skipped", error=why)
                               for _ in range(params.n)]
             else:
                 ok.append(i)

@@ -51,13 +51,17 @@ JUDGE_SAYS_NO_ERROR = "judge_says_no_error"
 JUDGE_UNPARSED = "judge_unparsed"  # judge status unparsed / abstain / error
 MC_FAILED = "mc_failed"  # MC status not ok (engine failures, empty rollout)
 MISSING = "missing_verdict"  # a rollout one side never saw
-CATEGORIES = (MC_EARLIER, MC_LATER, MC_SAYS_NO_ERROR, JUDGE_SAYS_NO_ERROR, JUDGE_UNPARSED, MC_FAILED, MISSING)
+SKIPPED = "skipped_prompt"  # the rollouts stage never ran the prompt (e.g. longer than the model's context)
+CATEGORIES = (MC_EARLIER, MC_LATER, MC_SAYS_NO_ERROR, JUDGE_SAYS_NO_ERROR, JUDGE_UNPARSED, MC_FAILED, MISSING,
+              SKIPPED)
 
 
 def classify(mc_status: str | None, mc_fe: int | None, judge_status: str | None, judge_fe: int | None) -> str | None:
     """None if the rollout is kept, else its disagreement category."""
     if mc_status is None or judge_status is None:
         return MISSING
+    if mc_status == "skipped" or judge_status == "skipped":
+        return SKIPPED
     if mc_status != "ok":
         return MC_FAILED
     if judge_status != "ok" or judge_fe is None:

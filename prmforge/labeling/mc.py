@@ -55,6 +55,7 @@ MODES = ("per_step", "binary_search")
 OK = "ok"
 ERROR = "error"  # every completion of some probe failed in the engine
 EMPTY = "empty"  # a rollout without steps cannot be labelled
+SKIPPED = "skipped"  # the rollout's prompt never ran (e.g. longer than the model's context): detail says why
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class MCItem:
     final_correct: bool
     final_known: bool = True  # False for a rollout cut off by max_tokens: its last prefix is not free
     text: str | None = None  # the raw completion the steps were split from (exact prefixes)
+    skip_reason: str | None = None  # the rollouts stage skipped this prompt: labelled "skipped", never probed
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,10 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
     for item in items:
         n = len(item.steps)
         results.append(MCResult(item.rollout_id, -1, []))
-        if n == 0:
+        if item.skip_reason:
+            results[-1].status, results[-1].detail = SKIPPED, item.skip_reason
+            searches.append(None)
+        elif n == 0:
             results[-1].status, results[-1].detail = EMPTY, "rollout has no steps"
             searches.append(None)
         else:
