@@ -116,12 +116,14 @@ def on_new_data() -> AutomationCondition:
 
     Runs a partition that became missing (a new dataset) once its inputs
     exist, or any partition whose inputs' content changed; never while an
-    input is missing or in progress. A no-op upstream run (same hash) does
-    not trigger it.
+    input is missing or in progress, and never from an input whose blocking
+    check (its data contract) failed: the trigger waits until the input is
+    fixed and passes. A no-op upstream run (same hash) does not trigger it.
     """
     return (
         AutomationCondition.in_latest_time_window()
         & (missing_not_failed() | _deps_have_new_data().since_last_handled())
+        & AutomationCondition.all_deps_blocking_checks_passed()
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()

@@ -35,6 +35,11 @@ def policy_rollouts() -> dg.Output:
     return dg.Output(table, data_version=table_data_version(table))
 
 
+@dg.asset_check(asset=policy_rollouts, blocking=True, partitions_def=dataset_partitions)
+def rollouts_contract() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=bool(STATE.get("rollouts_pass", True)))
+
+
 @dg.asset(partitions_def=dataset_partitions, deps=[policy_rollouts], automation_condition=on_new_data(),
           pool=GPU_POOL, op_tags=GPU_OP_TAGS, retry_policy=REMOTE_RETRY)
 def mc_step_labels() -> dg.Output:
@@ -65,7 +70,7 @@ def _assets() -> list:
 
 
 def _defs() -> dg.Definitions:
-    return dg.Definitions(assets=_assets(), asset_checks=[consensus_labels_valid])
+    return dg.Definitions(assets=_assets(), asset_checks=[consensus_labels_valid, rollouts_contract])
 
 
 class Ticker:
@@ -136,13 +141,16 @@ def test_labelling_runs_when_new_rollouts_land(instance: dg.DagsterInstance) -> 
     result = ticker.tick()  # nothing ingested: nothing to roll out or label
     assert result.get_num_requested(rollouts) == 0 and result.get_num_requested(labels) == 0
 
-    # Ingestion lands (the sensor's run): rollouts and labelling follow in one request.
+    # Ingestion lands (the sensor's run): rollouts follow; labelling once their contract passed.
     STATE.update(seed=["p1"], rollouts=["r1", "r2"])
     dg.materialize([seed_problems], instance=instance, partition_key="a")
     result = ticker.tick()
     assert result.get_requested_partitions(rollouts) == {"a"}
-    assert result.get_requested_partitions(labels) == {"a"}
-    dg.materialize([policy_rollouts, mc_step_labels], instance=instance, partition_key="a")
+    assert result.get_num_requested(labels) == 0
+    dg.materialize([policy_rollouts, rollouts_contract], instance=instance, partition_key="a")
+    result = ticker.tick()
+    assert result.get_requested_partitions(labels) == {"a"} and result.get_num_requested(rollouts) == 0
+    dg.materialize([mc_step_labels], instance=instance, partition_key="a")
     result = ticker.tick()
     assert result.get_num_requested(rollouts) == 0 and result.get_num_requested(labels) == 0
 
@@ -152,7 +160,7 @@ def test_labelling_runs_when_new_rollouts_land(instance: dg.DagsterInstance) -> 
 
     # New rollouts land: that partition is labelled again.
     STATE["rollouts"] = ["r1", "r2", "r3"]
-    dg.materialize([policy_rollouts], instance=instance, partition_key="a")
+    dg.materialize([policy_rollouts, rollouts_contract], instance=instance, partition_key="a")
     result = ticker.tick()
     assert result.get_requested_partitions(labels) == {"a"}
     assert result.get_num_requested(rollouts) == 0
@@ -166,7 +174,30 @@ def test_labelling_runs_when_new_rollouts_land(instance: dg.DagsterInstance) -> 
     dg.materialize([seed_problems], instance=instance, partition_key="b")
     result = ticker.tick()
     assert result.get_requested_partitions(rollouts) == {"b"}
-    assert result.get_requested_partitions(labels) == {"b"}
+    dg.materialize([policy_rollouts, rollouts_contract], instance=instance, partition_key="b")
+    assert ticker.tick().get_requested_partitions(labels) == {"b"}
+
+
+def test_a_failed_rollouts_contract_stops_labelling(instance: dg.DagsterInstance) -> None:
+    """In a run (blocking check) and in automation (all_deps_blocking_checks_passed)."""
+    ticker = Ticker(instance, _defs())
+    labels = dg.AssetKey("mc_step_labels")
+    STATE.update(seed=["p1"], rollouts=["r1", "r2"], rollouts_pass=False)
+    dg.materialize([seed_problems], instance=instance, partition_key="a")
+
+    # One run over rollouts and labels: the failed blocking check stops the run before labelling.
+    run = dg.materialize([policy_rollouts, rollouts_contract, mc_step_labels], instance=instance,
+                         partition_key="a", raise_on_error=False)
+    assert not run.success
+    assert run.asset_materializations_for_node("mc_step_labels") == []
+    # Automation: the new rollouts are never labelled while their contract fails, tick after tick.
+    for _ in range(3):
+        assert ticker.tick().get_num_requested(labels) == 0
+
+    # The rollouts are fixed and pass: labelling starts.
+    STATE.update(rollouts=["r1", "r2", "r4"], rollouts_pass=True)
+    dg.materialize([policy_rollouts, rollouts_contract], instance=instance, partition_key="a")
+    assert ticker.tick().get_requested_partitions(labels) == {"a"}
 
 
 def test_gpu_pool_retries_and_k8s_tags_are_applied() -> None:
