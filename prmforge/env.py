@@ -204,6 +204,18 @@ def force_hub_offline() -> None:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def quiet_progress_bars() -> None:
+    """No tqdm bars from libraries (hub downloads, model loading, MLflow artifacts) in run and daemon logs.
+
+    A bar redrawn into a log file is hundreds of lines of noise; stages report
+    progress as log lines with rate and ETA instead (``prmforge.progress``).
+    Set before those libraries are imported; a value the user set is kept.
+    """
+    for name, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), ("TRANSFORMERS_VERBOSITY", "error")):
+        os.environ.setdefault(name, value)
+
+
 def disable_gx_analytics() -> None:
     """Great Expectations sends no analytics (unless the user set the variable)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
