@@ -100,6 +100,23 @@ class SettingsResource(ConfigurableResource):
         return stage_settings(stage, self.profile, **values)
 
 
+def resource_fields_from(model: type[BaseModel], name: str, doc: str,
+                         overrides: dict[str, tuple[Any, FieldInfo]] | None = None) -> type[ConfigurableResource]:
+    """A ``ConfigurableResource`` base class with ``model``'s fields (types, defaults, descriptions).
+
+    Why: a resource that configures a core object (``EngineConfig``) must offer
+    every field of it with the same defaults; generating the fields keeps them
+    from drifting. ``overrides`` replaces single fields (a different default or
+    description). Subclass the result to add the resource's methods.
+    """
+    fields: dict[str, Any] = {}
+    for field_name, f in model.model_fields.items():
+        fields[field_name] = (f.annotation, Field(f.get_default(call_default_factory=True),
+                                                  description=f.description))
+    fields.update(overrides or {})
+    return create_model(name, __base__=ConfigurableResource, __doc__=doc, __module__=__name__, **fields)
+
+
 def stage_config(stage: str, extra: dict[str, tuple[Any, FieldInfo]] | None = None) -> type[Config]:
     """The run-config class of ``stage`` (an asset name), e.g. ``mc_step_labels`` -> ``McStepLabelsConfig``."""
     name = "".join(part.capitalize() for part in stage.split("_")) + "Config"

@@ -93,3 +93,17 @@ def test_settings_reference_is_current() -> None:
     """``docs/settings.md`` is ``python -m prmforge.profiles`` output."""
     assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == settings_reference(), (
         "regenerate: python -m prmforge.profiles > docs/settings.md")
+
+
+def test_engine_resource_offers_every_engine_config_field() -> None:
+    """The policy engine resource is generated from ``EngineConfig``: same fields and defaults."""
+    from prmforge.engines.factory import EngineConfig
+    from resources.engine import EngineResource
+
+    for name, f in EngineConfig.model_fields.items():
+        assert name in EngineResource.model_fields, name
+        assert EngineResource.model_fields[name].get_default() == f.get_default(), name
+        if name != "model":  # the resource adds what an empty model means
+            assert EngineResource.model_fields[name].description == f.description, name
+    cfg = EngineResource(backend="openai", model="m", max_retries=1).config()
+    assert (cfg.backend, cfg.model, cfg.max_retries) == ("openai", "m", 1)
