@@ -161,6 +161,8 @@ def mc_summary(table: pa.Table) -> dict[str, float]:
         "tokens_per_labelled_rollout": sum(r["generated_tokens"] for r in rows) / n,
         "probes_per_labelled_rollout": sum(len(r["probe_steps"]) for r in ok) / n,
         "error_share": sum(r["first_error"] >= 0 for r in ok) / n,
+        "skipped": float(sum(r["status"] == "skipped" for r in rows)),
+        "failed": float(sum(r["status"] not in ("ok", "skipped") for r in rows)),
     }
 
 

@@ -252,7 +252,9 @@ def _steps_scored_check(rep: "EvalReport", max_share: float) -> AssetCheckResult
         description=(f"{unscored:.0f} of {total:.0f} steps ({share:.1%}) did not fit the PRM's context "
                      f"({rep.counts.get('scoring_max_length', 0):.0f} tokens) and were not scored; "
                      f"limit {max_share:.1%}"),
-        metadata={"steps_unscored": int(unscored), "steps_total": int(total), "unscored_share": round(share, 4),
+        metadata={"reason": f"{unscored:.0f} of {total:.0f} steps ({share:.1%}) unscored: longer than the PRM's "
+                            f"context ({rep.counts.get('scoring_max_length', 0):.0f} tokens)",
+                  "steps_unscored": int(unscored), "steps_total": int(total), "unscored_share": round(share, 4),
                   "max_unscored_share": max_share, "scoring_max_length": int(rep.counts.get("scoring_max_length", 0)),
                   "per_subset": MetadataValue.json(per_subset)})
 

@@ -156,7 +156,9 @@ def policy_rollouts(
         description=("; ".join(filter(None, [f"{empty} rollouts without steps" if empty else "",
                                             stats["skip_message"], "no rollout left to label" if nothing_left
                                             else ""])) or None),
-        metadata={"empty": empty, "errors": stats["finish_reasons"].get("error", 0), "skipped_rollouts": skipped,
+        metadata={**({"reason": f"{empty} rollouts ran and have no step" if empty else "no rollout left to label"}
+                     if empty or nothing_left else {}),
+                  "empty": empty, "errors": stats["finish_reasons"].get("error", 0), "skipped_rollouts": skipped,
                   "skipped_prompts": stats["skipped_prompts"],
                   "skip_reasons": MetadataValue.json(stats["skip_reasons"]),
                   **({"skipped": stats["skip_message"]} if skipped else {})})

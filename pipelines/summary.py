@@ -18,12 +18,12 @@ import dagster as dg
 # What each stage reports as its row counts, in the order shown.
 ROW_KEYS: dict[str, tuple[str, ...]] = {
     "seed_problems": ("rows_read", "accepted", "quarantined", "deduplicated", "decontaminated"),
-    "policy_rollouts": ("problems", "rollouts", "prompts_too_long", "accuracy"),
+    "policy_rollouts": ("problems", "rollouts", "skipped_prompts", "accuracy"),
     "mc_step_labels": ("rollouts", "labelled", "skipped", "failed"),
     "judge_step_labels": ("rows", "verdicts_ok", "unparsed_share"),
     "consensus_labels": ("rollouts", "kept", "kept_share"),
 }
-EVAL_KEYS = ("processbench_mean_f1", "world_f1", "bon_prm_min", "bon_majority", "threshold", "unscored_share")
+EVAL_KEYS = ("mean_f1", "world_f1", "bon8_prm_min", "bon8_majority", "threshold", "unscored_share")
 
 
 @dataclass

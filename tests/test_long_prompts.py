@@ -95,3 +95,11 @@ def test_long_real_prompts_are_skipped_and_counted(shared_data: Path, local_root
     assert cons["disagreements"]["skipped_prompt"] == len(skipped)
     kept = store.read_dataset("consensus_labels", PART).num_rows
     assert kept + sum(cons["disagreements"].values()) == len(rollouts)
+
+    # the console summary of the run shows the same counts per stage
+    from pipelines.summary import summarize_runs
+
+    rows = summarize_runs(instance, [res.run_id]).rows
+    assert rows[("policy_rollouts", PART)]["skipped_prompts"] == too_long
+    assert rows[("mc_step_labels", PART)]["skipped"] == len(skipped)
+    assert rows[("mc_step_labels", PART)]["rollouts"] == len(rollouts)
