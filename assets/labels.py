@@ -25,7 +25,7 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
-from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
+from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
 from prmforge.engines.factory import make_engine
 from prmforge.labeling.consensus import (
     CONSENSUS_SCHEMA,
@@ -171,7 +171,7 @@ def mc_summary(table: pa.Table) -> dict[str, float]:
     group_name="labels",
     automation_condition=on_new_data(),
     pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    op_tags=SHARDED_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn()},
     description="Monte Carlo step labels per rollout: K completions from each probed step prefix through the "
@@ -254,7 +254,7 @@ def mc_step_labels(
     group_name="labels",
     automation_condition=on_new_data(),
     pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    op_tags=SHARDED_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn(), "seed_problems": AssetIn()},
     description="Judge verdict per rollout: earliest wrong step (or -1) from the calculator (default) or an LLM "

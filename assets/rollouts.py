@@ -26,7 +26,7 @@ from dagster import (
 
 from assets.common import table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
-from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data
+from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
 from prmforge.contracts.datasets import rollouts_contract
 from prmforge.engines.factory import make_engine
 from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, select_problems
@@ -74,7 +74,7 @@ def _n_per_problem(table: pa.Table, problem_ids: list[str], n: int) -> tuple[boo
     group_name="rollouts",
     automation_condition=on_new_data(),
     pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    op_tags=SHARDED_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     deps=[AssetKey("policy_model")],
     check_specs=_checks(),

@@ -78,6 +78,11 @@ def k8s_gpu_op_tags(gpus: int = 1) -> dict[str, str]:
 
 REMOTE_RETRY: RetryPolicy | None = retry_policy()
 GPU_OP_TAGS: dict[str, str] = k8s_gpu_op_tags()
+# With PRMFORGE_RAY_ADDRESS the sharded steps (rollouts, MC and judge labels) only drive Ray actors,
+# which hold the GPUs on the Ray cluster: their own pods then ask for none.
+SHARDED_OP_TAGS: dict[str, str] = {} if env.ray_address() else GPU_OP_TAGS
+# prm_model with num_workers > 1 runs that many DDP processes in its pod: PRMFORGE_TRAIN_GPUS sizes it.
+TRAIN_OP_TAGS: dict[str, str] = k8s_gpu_op_tags(env.train_gpus())
 SINGLE_RUN_BACKFILL = BackfillPolicy.single_run()
 
 
@@ -159,6 +164,8 @@ def stage_selection(*groups: str) -> AssetSelection:
 
 __all__: list[str] = [
     "GPU_OP_TAGS",
+    "SHARDED_OP_TAGS",
+    "TRAIN_OP_TAGS",
     "GPU_POOL",
     "REMOTE_RETRY",
     "SINGLE_RUN_BACKFILL",

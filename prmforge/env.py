@@ -21,6 +21,12 @@ anything that is logged.
 ``PRMFORGE_INCOMING_SETTLE_S``     minimum age of a dropped file before pickup (2)
 ``PRMFORGE_REFRESH_CRON``          refresh schedule of mutable sources (``0 3 * * *``)
 ``PRMFORGE_EXECUTOR``              ``k8s``: one pod per step
+``PRMFORGE_RAY_ADDRESS``           Ray cluster of the sharded stages (off; ``local``, ``auto``, ``ray://h:10001``)
+``PRMFORGE_RAY_ACTORS``            engine actors per sharded step on Ray (2)
+``PRMFORGE_RAY_GPUS_PER_ACTOR``    GPUs each Ray actor reserves (0; 1 on a GPU cluster)
+``PRMFORGE_TRAIN_GPUS``            GPUs the ``prm_model`` step pod requests on Kubernetes (1)
+``RAY_ENABLE_WINDOWS_OR_OSX_...``  set to 0 before a local Ray starts: it then binds 127.0.0.1 only
+``RAY_AUTH_TOKEN``                 secret token of a Ray cluster with token authentication
 ``PRMFORGE_S3_ENDPOINT_URL``       S3 endpoint (also ``AWS_ENDPOINT_URL_S3``/``_URL``)
 ``AWS_*``                          credentials and region for any S3 API
 ``MLFLOW_TRACKING_URI``            tracking server (default: sqlite under home)
@@ -150,6 +156,36 @@ def gpu_pool_limit() -> int:
 def gpu_pool_limit_set() -> bool:
     """Whether ``PRMFORGE_GPU_POOL_LIMIT`` is set (the CLI then applies it to the instance)."""
     return bool(os.environ.get("PRMFORGE_GPU_POOL_LIMIT"))
+
+
+def ray_address() -> str:
+    """``PRMFORGE_RAY_ADDRESS``: '' (default) keeps shards in the step process."""
+    return os.environ.get("PRMFORGE_RAY_ADDRESS", "").strip()
+
+
+def ray_actors() -> int:
+    """``PRMFORGE_RAY_ACTORS`` (default 2): engine actors per sharded step."""
+    return _int("PRMFORGE_RAY_ACTORS", 2, 1)
+
+
+def ray_gpus_per_actor() -> float:
+    """``PRMFORGE_RAY_GPUS_PER_ACTOR`` (default 0): GPUs each actor reserves."""
+    return float(os.environ.get("PRMFORGE_RAY_GPUS_PER_ACTOR", "0"))
+
+
+def train_gpus() -> int:
+    """``PRMFORGE_TRAIN_GPUS`` (default 1): GPUs of the ``prm_model`` step pod (its ``num_workers``)."""
+    return _int("PRMFORGE_TRAIN_GPUS", 1, 1)
+
+
+def ray_loopback_only() -> None:
+    """Make a Ray runtime started by this process advertise and bind 127.0.0.1 only.
+
+    Ray otherwise swaps a 127.0.0.1 node address for the machine's network
+    address and listens there; this variable (read when ``ray`` is imported)
+    keeps a local runtime on loopback. It must be set before ``import ray``.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def max_retries() -> int:

@@ -11,6 +11,7 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
     Tests pass e.g. ``storage=StorageResource(root=...)``; resources that
     depend on storage (the IO manager) are rebuilt around the override.
     """
+    from prmforge import env
     from resources.engine import EngineResource
     from resources.judge import JudgeResource
     from resources.mlflow import MLflowResource
@@ -29,7 +30,9 @@ def build_resources(**overrides: Any) -> dict[str, Any]:
         "quality": QualityResource(),
         "policy_engine": EngineResource(),
         "judge": JudgeResource(),
-        "ray_cluster": RayResource(),
+        # PRMFORGE_RAY_* point the sharded stages at a Ray cluster (unset: in-process, no Ray)
+        "ray_cluster": RayResource(address=env.ray_address(), num_actors=env.ray_actors(),
+                                   num_gpus_per_actor=env.ray_gpus_per_actor()),
     }
     res.update(overrides)
     return res

@@ -103,3 +103,28 @@ def test_dockerfiles_copy_files_that_exist() -> None:
             if line.startswith("COPY "):
                 for src in line.split()[1:-1]:
                     assert (REPO / src).exists(), f"{dockerfile}: COPY {src} does not exist"
+
+
+def test_raycluster_matches_the_code_and_the_dagster_deployment() -> None:
+    """The KubeRay cluster runs the pinned Ray, offers GPU workers, and is the one the Dagster pods dial."""
+    import tomllib
+
+    cluster = load(INFRA / "kuberay" / "raycluster.yaml")
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["ray"] == [f"ray=={cluster['spec']['rayVersion']}"]
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"] == {"num-cpus": "0", "include-dashboard": "false"}
+    assert {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]} >= {10001}
+    (gpu,) = cluster["spec"]["workerGroupSpecs"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert gpu["rayStartParams"]["num-gpus"] == worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    values = load(INFRA / "helm" / "values.yaml")
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    assert env["PRMFORGE_RAY_ADDRESS"] == f"ray://{cluster['metadata']['name']}-head-svc:10001"
+    assert int(env["PRMFORGE_RAY_ACTORS"]) <= gpu["maxReplicas"]
+    assert float(env["PRMFORGE_RAY_GPUS_PER_ACTOR"]) == 1.0
+    image = deployment["image"]["repository"]
+    assert worker["image"].split(":")[0] == image == head["template"]["spec"]["containers"][0]["image"].split(":")[0]
+    assert "ray" in (INFRA / "Dockerfile.gpu").read_text().split("pip install '.[")[1].split("]")[0].split(",")

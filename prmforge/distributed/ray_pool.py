@@ -15,6 +15,7 @@ changes its rows.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from prmforge import env
 from prmforge.sharding import ShardExecutor, ShardWork
 
 
@@ -40,7 +42,7 @@ class RayConnection:
     """Where the Ray runtime is and, for a local one, how small to make it.
 
     ``address``: ``local`` starts (or reuses) a runtime in this process bound to
-    127.0.0.1 with no dashboard; ``auto`` joins the cluster this node belongs to;
+    127.0.0.1 only (see :func:`prmforge.env.ray_loopback_only`) with no dashboard; ``auto`` joins the cluster this node belongs to;
     ``ray://host:10001`` connects through the Ray client (KubeRay head service).
     """
 
@@ -53,6 +55,8 @@ class RayConnection:
 
     def ensure(self) -> Any:
         """Connect (once per process) and return the ``ray`` module."""
+        if self.address == "local" and "ray" not in sys.modules:
+            env.ray_loopback_only()
         ray = import_ray()
         if ray.is_initialized():
             return ray
