@@ -30,7 +30,7 @@ from dagster import (
 )
 
 from assets.common import table_data_version, upstream_metadata, upstream_uri
-from pipelines.automation import GPU_OP_TAGS, GPU_POOL, REMOTE_RETRY, on_new_data, retrain_condition
+from pipelines.automation import GPU_POOL, REMOTE_RETRY, TRAIN_OP_TAGS, on_new_data, retrain_condition
 from prmforge.prm.settings import PRMTrainSettings
 from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
@@ -107,7 +107,7 @@ def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
     group_name="prm",
     automation_condition=retrain_condition(),
     pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    op_tags=TRAIN_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     description="PRM (policy backbone + step head) trained on the consensus labels of all (or the configured) "
     "dataset partitions; weights in storage and MLflow, passed on as `uri` metadata.",
@@ -143,8 +143,15 @@ def prm_model(
         def log_fn(metrics: dict[str, float], step: int) -> None:
             mlf.log_metrics(metrics, step=step)
 
-        result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
-                     log=context.log.info)
+        if s.num_workers > 1:  # one DDP process per GPU, launched and followed by this step
+            from prmforge.distributed.torchrun import fit_torchrun
+
+            context.log.info(f"{PRM_MODEL}: torchrun with {s.num_workers} workers")
+            result = fit_torchrun(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
+                                  log=context.log.info)
+        else:
+            result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
+                         log=context.log.info)
         with tempfile.TemporaryDirectory() as tmp:
             folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
             uri = store.put_dir(folder, "models", "prm", result.run_key)
@@ -167,6 +174,7 @@ def prm_model(
         "final_loss": round(result.train.final_loss, 5),
         "tokens_per_s": round(result.train.tokens_per_s, 1),
         "train_seconds": round(result.train.seconds, 1),
+        "num_workers": s.num_workers,
         "settings": MetadataValue.json(s.model_dump()),
         "mlflow_run_id": run.info.run_id,
     })

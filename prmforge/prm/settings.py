@@ -51,6 +51,11 @@ class PRMTrainSettings(StageSettings):
     freeze_backbone: bool = Field(False, description="train only the head")
     step_token_init: str | None = Field("\n", description="start the step token's embedding as this single token "
                                         "(the policy's step separator); None keeps the backbone's")
+    num_workers: int = Field(1, ge=1, description="training processes: > 1 makes the step launch torchrun with one "
+                             "DDP process per GPU (gloo on CPU); micro_batch_size is per process, so the global "
+                             "batch is num_workers x micro_batch_size x grad_accum")
+    max_restarts: int = Field(0, ge=0, description="num_workers > 1: torchrun restarts of the process group after a "
+                              "failure (each resumes from the last checkpoint); 0 = a failure fails the step")
 
 
 class PRMEvalSettings(StageSettings):
