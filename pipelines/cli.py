@@ -249,6 +249,9 @@ class ProgressPrinter:
 
     def _show(self, entry) -> None:
         event = entry.dagster_event
+        if event is None and _is_progress(entry.user_message):
+            _say(f"    . {entry.step_key or '?'}: {entry.user_message}")
+            return
         if event is None or event.event_type_value not in self.KINDS:
             return
         step = event.step_key or "?"
@@ -269,6 +272,11 @@ class ProgressPrinter:
             name = getattr(evaluation, "check_name", "?")
             passed = getattr(evaluation, "passed", None)
             _say(f"    check {name}: {'passed' if passed else 'FAILED'}")
+
+
+def _is_progress(message: str | None) -> bool:
+    """Log lines of long steps (``prmforge.progress``, shard progress) carry an ETA or a final time."""
+    return bool(message) and (" ETA " in message or ", done in " in message)
 
 
 def _first_line(event) -> str:
@@ -348,8 +356,10 @@ def _names(keys: Sequence) -> str:
 
 
 def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str] | None = None,
-                   log_level: str = "WARNING") -> int:
+                   log_level: str = "WARNING", run_ids: list[str] | None = None) -> int:
     """Execute the phases in order, in this process; returns the number of failed runs.
+
+    ``run_ids``, when given, receives the id of every run started (for the summary).
 
     Runs go to the persistent instance under the ``full_pipeline`` job, so the
     UI shows them with their logs. A failed dataset does not stop the other
@@ -369,6 +379,8 @@ def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str]
             continue
         _say(f"[{i}/{len(phases)}] {phase.title}: {_names(phase.keys)}")
         run_id = str(uuid.uuid4())
+        if run_ids is not None:
+            run_ids.append(run_id)
         start = time.time()
         with ProgressPrinter(instance, run_id):
             result = job.execute_in_process(
@@ -402,17 +414,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, instance) -> int:
-    defs = _load_defs()
-    added = register_partitions(instance)
     from assets.partitions import DATASETS_PARTITIONS_NAME
+    from prmforge.registry import load_registry
 
+    partitions = _split(args.partitions) if args.partitions else sorted(load_registry())
+    preflight(partitions)  # before anything is added to the instance or loaded
+    added = register_partitions(instance)
     if args.partitions:
-        partitions = _split(args.partitions)
         register_partitions(instance, partitions)
-    else:
-        from prmforge.registry import load_registry
-
-        partitions = sorted(load_registry())
+    defs = _load_defs()
     from prmforge.profiles import active_profile
 
     _say(f"prmforge run: profile {active_profile()}, DAGSTER_HOME {env.get('DAGSTER_HOME')}")
@@ -424,9 +434,26 @@ def _run(args: argparse.Namespace, instance) -> int:
     if not phases:
         _say("nothing selected")
         return 2
-    failed = execute_phases(defs, instance, phases, log_level="DEBUG" if args.verbose else "WARNING")
+    run_ids: list[str] = []
+    failed = execute_phases(defs, instance, phases, log_level="DEBUG" if args.verbose else "WARNING",
+                            run_ids=run_ids)
+    from pipelines.summary import print_summary
+
+    print_summary(_say, instance, run_ids, _tracking_uri())
     _say("done: all runs succeeded" if not failed else f"done: {failed} run(s) failed; see `prmforge ui`")
     return 0 if not failed else 1
+
+
+def preflight(partitions: Sequence[str]) -> None:
+    """Dataset keys and sources that cannot work: one ConfigError (exit 2) before any run starts."""
+    from prmforge.ingest.preflight import check_datasets
+    from prmforge.storage import Storage
+
+    check_datasets(partitions, Storage())
+
+
+def _tracking_uri() -> str:
+    return env.default_tracking_uri()
 
 
 def _split(raw: str) -> list[str]:
@@ -487,7 +514,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = ui_command(args.host, args.port)
     _say(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME {home_dir}); Ctrl-C stops it")
     proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT) if (REPO_ROOT / "workspace.yaml").exists() else None,
-                            env=env.child_env(DAGSTER_HOME=str(home_dir)))
+                            env=env.child_env(DAGSTER_HOME=str(home_dir),
+                                              # `dagster dev` announces its own supersession (a FutureWarning)
+                                              PYTHONWARNINGS="ignore::FutureWarning"))
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -578,7 +607,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace, instance) -> int:
-    defs = _load_defs()
+    if not args.all:
+        preflight(_split(args.partitions))  # before anything is added to the instance or loaded
     register_partitions(instance)
     if args.all:
         from assets.partitions import DATASETS_PARTITIONS_NAME
@@ -587,6 +617,7 @@ def _backfill(args: argparse.Namespace, instance) -> int:
     else:
         partitions = _split(args.partitions)
         register_partitions(instance, partitions)
+    defs = _load_defs()
     if not partitions:
         print("error: no partitions to backfill", file=sys.stderr)
         return 2
@@ -598,8 +629,12 @@ def _backfill(args: argparse.Namespace, instance) -> int:
              "Backfills tab")
         return 0
     _say(f"backfill in this process over {len(partitions)} dataset(s): {', '.join(partitions)}")
+    run_ids: list[str] = []
     failed = execute_phases(defs, instance, _plan_with(instance, defs, partitions, args.select),
-                            tags={"prmforge/backfill": uuid.uuid4().hex[:8]})
+                            tags={"prmforge/backfill": uuid.uuid4().hex[:8]}, run_ids=run_ids)
+    from pipelines.summary import print_summary
+
+    print_summary(_say, instance, run_ids, _tracking_uri())
     _say("done: all runs succeeded" if not failed else f"done: {failed} run(s) failed")
     return 0 if not failed else 1
 
@@ -657,10 +692,17 @@ def _quiet_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a configuration mistake is one line on stderr and exit code 2 (never retried)."""
+    from prmforge.errors import ConfigError
+
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
         _quiet_warnings()
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print("prmforge: error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for YAML errors
+        return 2
 
 
 if __name__ == "__main__":

@@ -49,3 +49,56 @@ def test_invalid_registry_yaml_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("datasets: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_registry(bad)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(args: list[str], home: Path, registry: Path | None = None):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PRMFORGE_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"))
+    if registry is not None:
+        env["PRMFORGE_REGISTRY"] = str(registry)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO,
+                         env=env, timeout=120)
+    return out, time.monotonic() - start
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("unknown partition", "dataset 'no-such' is not registered"),
+    ("missing source", "nowhere.jsonl' does not exist"),
+    ("bad registry yaml", "not valid YAML"),
+    ("invalid key", "dataset key"),
+])
+def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, expected: str) -> None:
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(f"datasets:\n  lost: {{source: '{tmp_path}/nowhere.jsonl', adapter: gsm8k}}\n")
+    partitions = {"unknown partition": "no-such", "missing source": "lost", "bad registry yaml": "lost",
+                  "invalid key": "../etc"}[case]
+    if case == "bad registry yaml":
+        registry.write_text("datasets: [unclosed\n")
+    out, seconds = _cli(["run", "--profile", "tiny", "--partitions", partitions], tmp_path / "home", registry)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prmforge: error: ") and expected in lines[0], out.stderr
+    print(f"{case}: exit 2 after {seconds:.1f} s")  # measured, not asserted: see the issue notes
+
+    if case == "unknown partition":  # nothing was left behind in the instance
+        import dagster as dg
+
+        home = tmp_path / "home" / "dagster_home"
+        if (home / "dagster.yaml").exists():
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                assert "no-such" not in instance.get_dynamic_partitions(DATASETS_PARTITIONS_NAME)
+
+
+def test_cli_backfill_of_unknown_partition_exits_2(tmp_path: Path) -> None:
+    out, _ = _cli(["backfill", "--partitions", "ghost-a,ghost-b"], tmp_path / "home")
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "'ghost-a'" in line and "'ghost-b'" in line

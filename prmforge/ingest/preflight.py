@@ -19,28 +19,38 @@ from prmforge.registry import bundled_path, incoming_spec, load_registry
 
 
 def check_datasets(keys: Sequence[str], storage: Any) -> None:
-    """Every key names a dataset whose source can be found (raises ConfigError otherwise)."""
+    """Every key names a dataset whose source can be found; one ConfigError naming every problem otherwise."""
     registry = load_registry()
+    problems = []
     for key in keys:
-        validate_name(key, "dataset key")
-        spec = registry.get(key)
-        if spec is None:
-            if storage.exists(storage.path("incoming", key)):
-                incoming_spec(key, read_manifest(storage, key))  # a bad manifest is a ConfigError
-                continue
-            raise ConfigError(f"dataset {key!r} is not registered and has no files under incoming/{key}/ "
-                              f"(known: {', '.join(sorted(registry)) or 'none'}); add it with "
-                              "`prmforge add-dataset` or drop files there")
-        what = f"dataset {key!r} (source {spec.source!r})"
-        if spec.kind == "bundled" and not bundled_path(spec).exists():
-            raise ConfigError(f"{what}: no such bundled file")
-        if spec.kind == "incoming" and not storage.exists(storage.path("incoming", key)):
-            raise ConfigError(f"{what}: no files under incoming/{key}/ yet")
-        if spec.kind == "path":
-            fs, path = filesystem_for(spec.source)
-            try:
-                list_files(fs, path, what)  # SourceNotFoundError (a ConfigError) when absent
-            except SourceNotFoundError:
-                raise
-            except SourceError:
-                pass  # unreachable for now (I/O): the run retries it, this is no configuration mistake
+        try:
+            _check(key, registry, storage)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check(key: str, registry: dict, storage: Any) -> None:
+    validate_name(key, "dataset key")
+    spec = registry.get(key)
+    if spec is None:
+        if storage.exists(storage.path("incoming", key)):
+            incoming_spec(key, read_manifest(storage, key))  # a bad manifest is a ConfigError
+            return
+        raise ConfigError(f"dataset {key!r} is not registered and has no files under incoming/{key}/ "
+                          f"(known: {', '.join(sorted(registry)) or 'none'}); add it with "
+                          "`prmforge add-dataset` or drop files there")
+    what = f"dataset {key!r} (source {spec.source!r})"
+    if spec.kind == "bundled" and not bundled_path(spec).exists():
+        raise ConfigError(f"{what}: no such bundled file")
+    if spec.kind == "incoming" and not storage.exists(storage.path("incoming", key)):
+        raise ConfigError(f"{what}: no files under incoming/{key}/ yet")
+    if spec.kind == "path":
+        fs, path = filesystem_for(spec.source)
+        try:
+            list_files(fs, path, what)  # SourceNotFoundError (a ConfigError) when absent
+        except SourceNotFoundError:
+            raise
+        except SourceError:
+            pass  # unreachable for now (I/O): the run retries it, this is no configuration mistake
