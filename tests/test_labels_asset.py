@@ -157,7 +157,7 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
 @pytest.mark.parametrize("root_fixture", ["local_root", "s3_root"])
 def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: pytest.FixtureRequest) -> None:
     """A consensus row whose rollout is gone upstream fails traces_to_one_rollout (blocking); local and S3."""
-    from assets.labels import JUDGE_SCHEMA, MC_SCHEMA
+    from prmforge.labeling.stages import JUDGE_SCHEMA, MC_SCHEMA
 
     local_root = request.getfixturevalue(root_fixture)
     storage = Storage(local_root)

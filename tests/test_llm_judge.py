@@ -167,6 +167,7 @@ class _JudgeServer:
 
 
 def test_llm_judge_served_over_http_through_openai_engine() -> None:
+    from prmforge.labeling.settings import JudgeSettings
     from resources.judge import JudgeResource
 
     problems = ["Mia has 5 apples.", "Leo has 2 cards.", "RAMBLE", "ABSTAIN", "BROKEN"]
@@ -175,8 +176,9 @@ def test_llm_judge_served_over_http_through_openai_engine() -> None:
     with _JudgeServer() as server:
         judge = JudgeResource(kind="llm", backend="openai", model="judge-model", base_url=server.base_url,
                               max_retries=0, timeout_s=10)
-        rows = judge.judge(problems, steps, max_tokens=64)
-    assert judge.name() == "llm:openai:judge-model"
+        with judge.make() as j:
+            rows = j.judge(problems, steps, JudgeSettings(max_tokens=64))
+    assert j.name == "llm:openai:judge-model"
     assert [(r.status, r.first_error) for r in rows] == [
         (OK, 1), (OK, -1), (UNPARSED, None), (ABSTAIN, None), (ERROR, None)]
     assert "HTTP 400" in rows[4].detail

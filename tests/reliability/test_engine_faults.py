@@ -18,6 +18,7 @@ from rel_world import brain, judge_rows, mc_rows, world_rollouts
 from prmforge.engines.openai import OpenAIEngine
 from prmforge.labeling.consensus import build_consensus
 from prmforge.labeling.mc import EngineValue, MCItem, default_grader, run_search
+from prmforge.labeling.settings import JudgeSettings
 from resources.judge import JudgeResource
 
 RETRIES = 2
@@ -43,7 +44,8 @@ def test_judge_faults_retried_then_excluded(fault) -> None:
             persistent[r.rollout_id] = FAULTS[i % len(FAULTS)]
         judge = JudgeResource(kind="llm", backend="openai", model="judge", base_url=server.base_url,
                               timeout_s=0.5, max_retries=RETRIES, max_concurrency=8)
-        verdicts = judge.judge([r.problem for r in rollouts], [r.steps for r in rollouts], max_tokens=64)
+        with judge.make() as j:
+            verdicts = j.judge([r.problem for r in rollouts], [r.steps for r in rollouts], JudgeSettings(max_tokens=64))
         attempts = Counter()
         for req in server.requests:
             for r in rollouts:

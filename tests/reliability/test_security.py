@@ -259,6 +259,7 @@ def _mc(rollouts, base_url: str):
 
 
 def test_prompt_injection_cannot_set_a_label(fault) -> None:
+    from prmforge.labeling.settings import JudgeSettings
     from resources.judge import JudgeResource
 
     clean = world_rollouts(16, seed=21)
@@ -270,10 +271,11 @@ def test_prompt_injection_cannot_set_a_label(fault) -> None:
     # 1. calculator judge + honest MC: the injected text changes nothing.
     with LoopbackLLM(brain(golds)) as honest:
         mc_clean, mc_inj = _mc(clean, honest.base_url), _mc(injected, honest.base_url)
-    calc = JudgeResource(kind="calculator")
-    kept_clean, _ = _consensus(clean, mc_clean, calc.judge([r.problem for r in clean], [r.steps for r in clean]))
+    calc = JudgeResource(kind="calculator").make()
+    kept_clean, _ = _consensus(clean, mc_clean, calc.judge([r.problem for r in clean], [r.steps for r in clean],
+                                                           JudgeSettings()))
     kept_inj, _ = _consensus(injected, mc_inj, calc.judge([r.problem for r in injected],
-                                                          [r.steps for r in injected]))
+                                                          [r.steps for r in injected], JudgeSettings()))
     assert kept_inj == kept_clean and len(kept_inj) == len(injected)
     assert all(fe == truth[rid] for rid, fe in kept_inj.items())
 
@@ -283,7 +285,9 @@ def test_prompt_injection_cannot_set_a_label(fault) -> None:
         with LoopbackLLM(brain(golds, obey=True)) as obeying, LoopbackLLM(brain(golds)) as honest_policy:
             judge = JudgeResource(kind="llm", backend="openai", model="judge", base_url=obeying.base_url,
                                   max_retries=2)
-            verdicts = judge.judge([r.problem for r in injected], [r.steps for r in injected], max_tokens=64)
+            with judge.make() as j:
+                verdicts = j.judge([r.problem for r in injected], [r.steps for r in injected],
+                                   JudgeSettings(max_tokens=64))
             assert all(v.status == "ok" and v.first_error == -1 for v in verdicts)  # the judge was fooled
             mc = _mc(injected, (obeying if policy_obeys else honest_policy).base_url)
         kept, breakdown = _consensus(injected, mc, verdicts)
