@@ -5,10 +5,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetKey, DataVersion, Failure
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    DataVersion,
+    Failure,
+    MetadataValue,
+)
 
+from prmforge.checks import CheckOutcome
 from prmforge.errors import ConfigError
 
 
@@ -43,6 +53,18 @@ def upstream_uri(context: AssetExecutionContext, asset: str) -> str:
     if "uri" not in meta:
         raise RuntimeError(f"latest materialisation of {asset} has no 'uri' metadata")
     return str(meta["uri"])
+
+
+def metadata_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain core metadata for Dagster: dicts and lists become JSON entries, the rest stays as is."""
+    return {k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in values.items()}
+
+
+def check_result(asset: str, outcome: CheckOutcome) -> AssetCheckResult:
+    """A core check outcome as Dagster's ``AssetCheckResult`` (blocking: ERROR, else WARN)."""
+    return AssetCheckResult(check_name=outcome.name, asset_key=AssetKey(asset), passed=outcome.passed,
+                            severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
+                            metadata=metadata_values(outcome.metadata), description=outcome.description)
 
 
 class _HashSink:

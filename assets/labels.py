@@ -10,18 +10,15 @@ from typing import Any
 
 import pyarrow as pa
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     MetadataValue,
     Output,
     asset,
 )
 
-from assets.common import table_data_version, upstream_uri
+from assets.common import check_result, metadata_values, table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
 from prmforge.labeling.stages import (
@@ -68,11 +65,6 @@ def _log_mlflow(context: AssetExecutionContext, mlflow: MLflowResource, stage: s
         return {"mlflow_error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def _metadata(values: dict[str, Any]) -> dict[str, Any]:
-    """Plain stage metadata for Dagster: dicts and lists become JSON entries."""
-    return {k: MetadataValue.json(v) if isinstance(v, dict | list) else v for k, v in values.items()}
-
-
 # ---------------------------------------------------------------------------
 # mc_step_labels
 # ---------------------------------------------------------------------------
@@ -112,7 +104,7 @@ def mc_step_labels(
                    executor=ray_cluster.executor())
     tracked = _log_mlflow(context, mlflow, MC, run.params(partition), run.metrics)
     return Output(run.table, data_version=table_data_version(run.table),
-                  metadata=_metadata({**run.metadata(), **tracked}))
+                  metadata=metadata_values({**run.metadata(), **tracked}))
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +139,7 @@ def judge_step_labels(
                           executor=ray_cluster.executor())
     tracked = _log_mlflow(context, mlflow, JUDGE, run.params(context.partition_key), run.metrics)
     return Output(run.table, data_version=table_data_version(run.table),
-                  metadata=_metadata({**run.metadata(), **tracked}))
+                  metadata=metadata_values({**run.metadata(), **tracked}))
 
 
 # ---------------------------------------------------------------------------
@@ -189,8 +181,6 @@ def consensus_labels(
         context.log.warning(f"label audit target missed on {partition}: {run.audit.why_missed}")
     tracked = _log_mlflow(context, mlflow, CONSENSUS, run.params(partition), run.metrics)
     yield Output(run.table, data_version=table_data_version(run.table),
-                 metadata=_metadata({**run.metadata(), "trl_export": MetadataValue.url(run.trl_url), **tracked}))
-    for c in run.checks():
-        yield AssetCheckResult(check_name=c.name, asset_key=AssetKey(CONSENSUS), passed=c.passed,
-                               severity=AssetCheckSeverity.ERROR if c.blocking else AssetCheckSeverity.WARN,
-                               metadata=_metadata(c.metadata))
+                 metadata=metadata_values({**run.metadata(), "trl_export": MetadataValue.url(run.trl_url), **tracked}))
+    for outcome in run.checks():
+        yield check_result(CONSENSUS, outcome)

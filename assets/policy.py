@@ -144,25 +144,8 @@ def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: b
         run_id = _log_mlflow(mlflow, build)
     context.log.info(f"policy {build.config_hash}: {cal.summary()}")
     meta: dict[str, Any] = {
-        "uri": build.uri,
-        "config_hash": build.config_hash,
-        "reused": build.reused,
-        "from_policy_cache": build.from_cache,
-        "profile": settings.profile,
-        "difficulty": ps.difficulty,
-        "num_parameters": int(build.info["num_parameters"]),
-        "train_seconds": round(float(build.info["train_seconds"]), 1),
-        "train_steps": ps.train_steps,
-        "final_train_loss": float(build.info["curve"][-1][1]) if build.info["curve"] else float("nan"),
-        "calib_problems": cal.n,
-        "calib_accuracy": round(cal.accuracy, 4),
-        "calib_process_correct": round(cal.process_correct, 4),
-        "calib_arithmetic_share": round(cal.kind_shares["arithmetic"], 4),
-        "calib_logic_share": round(cal.kind_shares["logic"], 4),
-        "calib_format_share": round(cal.kind_shares["format"], 4),
-        "calib_right_answer_wrong_process": cal.right_answer_wrong_process,
-        "calib_first_error_histogram": MetadataValue.md(cal.histogram_markdown()),
-        "mlflow_run_id": run_id,
+        **build.metadata(ps), "profile": settings.profile,
+        "calib_first_error_histogram": MetadataValue.md(cal.histogram_markdown()), "mlflow_run_id": run_id,
     }
     return MaterializeResult(
         metadata=meta,

@@ -29,7 +29,7 @@ from dagster import (
     asset,
 )
 
-from assets.common import table_data_version, upstream_metadata, upstream_uri
+from assets.common import metadata_values, table_data_version, upstream_metadata, upstream_uri
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, TRAIN_OP_TAGS, on_new_data, retrain_condition
 from prmforge.prm.settings import PRMTrainSettings
 from resources.engine import EngineResource
@@ -43,11 +43,6 @@ if TYPE_CHECKING:
 PRM_MODEL = "prm_model"
 PRM_EVALUATION = "prm_evaluation"
 REGISTERED_PRM = "registered_prm"
-
-# Targets of the world profile (issue: F1 >= 0.80; BoN@8 >= majority@8 + 5 points).
-TARGET_WORLD_F1 = 0.80
-TARGET_BON_MARGIN = 0.05
-
 
 PRMModelConfig = stage_config(PRM_MODEL)
 PRMEvalConfig = stage_config(PRM_EVALUATION)
@@ -122,7 +117,8 @@ def prm_model(
 ) -> MaterializeResult:
     import mlflow as mlf
 
-    from prmforge.prm.pipeline import fit, select_rows
+    from prmforge.distributed.torchrun import fit_prm
+    from prmforge.prm.pipeline import select_rows
 
     s = settings.stage(PRM_MODEL, config)
     rows = select_rows(consensus_labels, s.datasets)
@@ -143,14 +139,8 @@ def prm_model(
         def log_fn(metrics: dict[str, float], step: int) -> None:
             mlf.log_metrics(metrics, step=step)
 
-        if s.num_workers > 1:  # one DDP process per GPU, launched and followed by this step
-            from prmforge.distributed.torchrun import fit_torchrun
-
-            context.log.info(f"{PRM_MODEL}: torchrun with {s.num_workers} workers")
-            result = fit_torchrun(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
-                                  log=context.log.info)
-        else:
-            result = fit(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
+        # in this process, or one DDP process per GPU (num_workers > 1), launched and followed by this step
+        result = fit_prm(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
                          log=context.log.info)
         with tempfile.TemporaryDirectory() as tmp:
             folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
@@ -158,26 +148,15 @@ def prm_model(
             mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
             mlf.log_metric("tokens_per_s_mean", result.train.tokens_per_s)
             mlf.log_artifacts(str(folder), "prm_model")
-    stats = result.stats.as_dict()
-    if stats.get("steps_truncated"):
-        context.log.warning(f"{stats['steps_truncated']} trailing steps dropped by truncation at "
+    if result.stats.steps_truncated:
+        context.log.warning(f"{result.stats.steps_truncated} trailing steps dropped by truncation at "
                             f"max_length={result.model.config.max_length} (counted, never mislabelled)")
-    return MaterializeResult(metadata={
-        "uri": MetadataValue.path(uri),
-        "base_model": base,
-        "rows": len(rows),
-        "data_version_consensus_labels": data_version,
-        "data_versions_consensus_labels": MetadataValue.json(label_versions),
-        "encode_stats": MetadataValue.json(stats),
-        "train_steps": result.train.steps,
-        "resumed_from_step": result.train.resumed_from,
-        "final_loss": round(result.train.final_loss, 5),
-        "tokens_per_s": round(result.train.tokens_per_s, 1),
-        "train_seconds": round(result.train.seconds, 1),
-        "num_workers": s.num_workers,
-        "settings": MetadataValue.json(s.model_dump()),
+    return MaterializeResult(metadata=metadata_values({
+        "uri": MetadataValue.path(uri), "base_model": base, "rows": len(rows),
+        "data_version_consensus_labels": data_version, "data_versions_consensus_labels": label_versions,
+        **result.metadata(), "num_workers": s.num_workers, "settings": s.model_dump(),
         "mlflow_run_id": run.info.run_id,
-    })
+    }))
 
 
 @asset(
@@ -225,17 +204,6 @@ def prm_evaluation(
                 mlf.log_artifact(p, "plots")
             mlf.log_text(rep.markdown(), "summary.md")
             mlf.log_dict({str(n): c for n, c in rep.curve.items()}, "bon_curve.json")
-    targets: dict[str, Any] = {}
-    world_f1 = rep.report.get("world", {}).get("f1")
-    if world_f1 is not None:
-        targets["target_world_f1_met"] = bool(world_f1 >= TARGET_WORLD_F1)
-    if rep.bon:
-        targets["target_bon_met"] = bool(rep.bon["prm_min"] >= rep.bon["majority"] + TARGET_BON_MARGIN)
-    if targets and not all(targets.values()):
-        targets["target_note"] = (
-            f"measured world F1 {world_f1 if world_f1 is not None else float('nan'):.3f} (target {TARGET_WORLD_F1}), "
-            f"BoN min {rep.bon.get('prm_min', float('nan')):.3f} vs majority {rep.bon.get('majority', float('nan')):.3f}"
-            "; the main limit is labelled-data volume and policy quality (see docs/prm.md)")
     return MaterializeResult(metadata={
         "summary": MetadataValue.md(rep.markdown()),
         "threshold": round(rep.threshold, 4),
@@ -243,7 +211,7 @@ def prm_evaluation(
         "benchmark_rejected": MetadataValue.json(rep.rejected),
         "bon_curve": MetadataValue.json({str(n): c for n, c in rep.curve.items()}),
         "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
-        **targets,
+        **rep.targets(),
         "mlflow_run_id": run.info.run_id,
     }, check_results=[_steps_scored_check(rep, s.max_unscored_share)])
 

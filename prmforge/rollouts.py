@@ -15,11 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
 
 from prmforge.answers import grade
+from prmforge.checks import CheckOutcome
 from prmforge.config import StageSettings
 from prmforge.engines.base import Engine, SamplingParams
 from prmforge.schemas import register_schema
@@ -94,6 +96,8 @@ class RolloutSettings(StageSettings):
 
 @dataclass
 class RolloutRun:
+    """One ``generate_rollouts`` call: the table, its statistics and what resuming saved."""
+
     table: pa.Table
     run_key: str
     shards_total: int
@@ -103,6 +107,28 @@ class RolloutRun:
     completion_tokens_computed: int
     tokens_per_s: float
     stats: dict = field(default_factory=dict)
+
+    def summary(self, n: int) -> str:
+        """One log line: size, accuracy, pass@n, truncation and reuse."""
+        st = self.stats
+        return (f"{st['rollouts']} rollouts, accuracy {st['accuracy']:.3f}, pass@{n} {st[f'pass@{n}']:.3f}, "
+                f"truncation {st['truncation_rate']:.3f}; {self.shards_reused}/{self.shards_total} shards reused")
+
+    def metadata(self, n: int, backend: str, model: str) -> dict[str, Any]:
+        """What the ``policy_rollouts`` materialisation reports (plain values; dicts become JSON)."""
+        st = self.stats
+        return {
+            "rollouts": st["rollouts"], "problems": st["problems"], "accuracy": float(st["accuracy"]),
+            "pass_at_n": float(st[f"pass@{n}"]), "n": n, "truncation_rate": float(st["truncation_rate"]),
+            "finish_reasons": st["finish_reasons"], "skipped_prompts": st["skipped_prompts"],
+            "skipped_rollouts": st["skipped_rollouts"],
+            **({"skipped": st["skip_message"]} if st["skip_message"] else {}),
+            "shards_total": self.shards_total, "shards_reused": self.shards_reused,
+            "shards_computed": self.shards_computed,
+            "elapsed_s": round(self.elapsed_s, 3), "tokens_per_s": round(self.tokens_per_s, 1),
+            "completion_tokens_computed": self.completion_tokens_computed, "run_key": self.run_key,
+            "backend": backend, "model": model,
+        }
 
 
 def render_prompt(problem: str, template: str, bootstrap_policy: bool) -> str:
@@ -234,6 +260,41 @@ def summarize(table: pa.Table, n: int) -> dict:
         "usable_rollouts": rows - skips["skipped_rollouts"] - empty,
         "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
     }
+
+
+def rollout_checks(run: RolloutRun, problems: pa.Table, settings: RolloutSettings) -> list[CheckOutcome]:
+    """``n_per_problem`` and ``steps_non_empty`` (blocking), ``truncation_rate`` (WARN).
+
+    Skipped prompts (longer than the model's context) are reported by ``steps_non_empty`` but only fail it when
+    no rollout is left to label.
+    """
+    per: dict[str, list[int]] = {p: [] for p in select_problems(problems, settings).column("problem_id").to_pylist()}
+    unknown = 0
+    for p, j in zip(run.table.column("problem_id").to_pylist(), run.table.column("sample_index").to_pylist(),
+                    strict=True):
+        if p in per:
+            per[p].append(j)
+        else:
+            unknown += 1
+    bad = [p for p, js in per.items() if sorted(js) != list(range(settings.n))]
+    st, rate = run.stats, float(run.stats["truncation_rate"])
+    empty, skipped = st["empty_steps"], st["skipped_rollouts"]
+    nothing_left = st["rollouts"] > 0 and st["usable_rollouts"] == 0  # skipped prompts pass unless nothing is left
+    return [
+        CheckOutcome("n_per_problem", not bad and unknown == 0, True, {
+            "problems": len(per), "problems_wrong_count": len(bad), "unexpected_rows": unknown,
+            "examples": bad[:10], "n": settings.n}),
+        CheckOutcome("steps_non_empty", empty == 0 and not nothing_left, True, {
+            **({"reason": f"{empty} rollouts ran and have no step" if empty else "no rollout left to label"}
+               if empty or nothing_left else {}),
+            "empty": empty, "errors": st["finish_reasons"].get("error", 0), "skipped_rollouts": skipped,
+            "skipped_prompts": st["skipped_prompts"], "skip_reasons": st["skip_reasons"],
+            **({"skipped": st["skip_message"]} if skipped else {})}, description=("; ".join(filter(None, [
+                f"{empty} rollouts without steps" if empty else "", st["skip_message"],
+                "no rollout left to label" if nothing_left else ""])) or None)),
+        CheckOutcome("truncation_rate", rate <= settings.truncation_warn_rate, False, {
+            "truncation_rate": rate, "threshold": settings.truncation_warn_rate}),
+    ]
 
 
 def generate_rollouts(

@@ -37,6 +37,28 @@ def torchrun_command(n: int, max_restarts: int, args: Sequence[str]) -> list[str
             "--max-restarts", str(max_restarts), "-m", "prmforge.prm.train_cli", *args]
 
 
+def fit_prm(
+    rows: Sequence[dict],
+    s,  # PRMTrainSettings
+    base_model: str,
+    storage=None,
+    data_version: str = "",
+    log_fn: Callable[[dict[str, float], int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """``prmforge.prm.pipeline.fit`` in this process, or one DDP process per worker when ``s.num_workers > 1``.
+
+    Both return the same ``FitResult`` (same run key, checkpoints and resume), so the caller does not care which.
+    """
+    if s.num_workers > 1:
+        if log is not None:
+            log(f"prm_model: torchrun with {s.num_workers} workers")
+        return fit_torchrun(rows, s, base_model, storage=storage, data_version=data_version, log_fn=log_fn, log=log)
+    from prmforge.prm.pipeline import fit
+
+    return fit(rows, s, base_model, storage=storage, data_version=data_version, log_fn=log_fn, log=log)
+
+
 def fit_torchrun(
     rows: Sequence[dict],
     s,  # PRMTrainSettings (not imported here: prmforge.prm.settings pulls in torch-free code only)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from prmforge.checks import CheckOutcome
 from prmforge.engines.base import Engine
 from prmforge.engines.factory import EngineConfig, make_engine
 from prmforge.labeling.audit import AuditResult, audit
@@ -55,7 +56,7 @@ MC_SCHEMA = register_schema(MC, pa.schema([
     pa.field("final_correct", pa.bool_(), nullable=False),
     pa.field("mc_mode", pa.string(), nullable=False),
     pa.field("k", pa.int64(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),  # ok | error | empty | skipped (prompt longer than the policy's context)
+    pa.field("status", pa.string(), nullable=False),  # ok | error | empty | skipped (prompt never ran)
     pa.field("first_error", pa.int64(), nullable=False),  # -1: no error (meaningful only when ok)
     pa.field("labels", pa.list_(pa.bool_()), nullable=False),  # up to and including the first error
     pa.field("probe_steps", pa.list_(pa.int64()), nullable=False),
@@ -318,16 +319,6 @@ def label_judge(
 # ---------------------------------------------------------------------------
 # consensus_labels
 # ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CheckOutcome:
-    """One asset check's result, independent of Dagster (``blocking``: ERROR, else WARN)."""
-
-    name: str
-    passed: bool
-    blocking: bool
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass
 class ConsensusRun:
     """One ``label_consensus`` call: kept rows, the TRL export, the oracle audit and the checks."""

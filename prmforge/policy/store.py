@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prmforge.policy.cache import fetch_cached, store_cached
 from prmforge.policy.calibration import CalibrationReport, calibrate
@@ -42,6 +43,23 @@ class PolicyBuild:
     calibration: CalibrationReport
     info: dict = field(default_factory=dict)
     from_cache: bool = False  # copied from PRMFORGE_POLICY_CACHE into the root, not trained by this call
+
+    def metadata(self, settings: PolicySettings) -> dict[str, Any]:
+        """Size, training and calibration figures of the model (the ``policy_model`` metadata, plain values)."""
+        cal, info = self.calibration, self.info
+        return {
+            "uri": self.uri, "config_hash": self.config_hash, "reused": self.reused,
+            "from_policy_cache": self.from_cache, "difficulty": settings.difficulty,
+            "num_parameters": int(info["num_parameters"]), "train_seconds": round(float(info["train_seconds"]), 1),
+            "train_steps": settings.train_steps,
+            "final_train_loss": float(info["curve"][-1][1]) if info["curve"] else float("nan"),
+            "calib_problems": cal.n, "calib_accuracy": round(cal.accuracy, 4),
+            "calib_process_correct": round(cal.process_correct, 4),
+            "calib_arithmetic_share": round(cal.kind_shares["arithmetic"], 4),
+            "calib_logic_share": round(cal.kind_shares["logic"], 4),
+            "calib_format_share": round(cal.kind_shares["format"], 4),
+            "calib_right_answer_wrong_process": cal.right_answer_wrong_process,
+        }
 
 
 def _calib_key(s: PolicySettings) -> dict:

@@ -40,6 +40,10 @@ from prmforge.prm.train import CheckpointStore, TrainResult, total_steps, train_
 from prmforge.progress import ProgressLog
 from prmforge.sharding import fingerprint
 
+# Targets of the world profile (issue: F1 >= 0.80; BoN@8 >= majority@8 + 5 points).
+TARGET_WORLD_F1 = 0.80
+TARGET_BON_MARGIN = 0.05
+
 
 @dataclass
 class FitResult:
@@ -48,6 +52,17 @@ class FitResult:
     stats: EncodeStats
     train: TrainResult
     run_key: str
+
+    def metadata(self) -> dict[str, object]:
+        """Encoding and training figures of the ``prm_model`` materialisation (plain values)."""
+        return {
+            "encode_stats": self.stats.as_dict(),
+            "train_steps": self.train.steps,
+            "resumed_from_step": self.train.resumed_from,
+            "final_loss": round(self.train.final_loss, 5),
+            "tokens_per_s": round(self.train.tokens_per_s, 1),
+            "train_seconds": round(self.train.seconds, 1),
+        }
 
 
 def select_rows(table: pa.Table, datasets: Sequence[str] | None) -> list[dict]:
@@ -127,6 +142,22 @@ class EvalReport:
 
     def markdown(self) -> str:
         return summary_markdown(self.report, self.threshold, self.bon, self.diagnostics, self.notes)
+
+    def targets(self) -> dict[str, object]:
+        """Whether the world profile's targets are met (only those that were measured), with a note if not."""
+        out: dict[str, object] = {}
+        world_f1 = self.report.get("world", {}).get("f1")
+        if world_f1 is not None:
+            out["target_world_f1_met"] = bool(world_f1 >= TARGET_WORLD_F1)
+        if self.bon:
+            out["target_bon_met"] = bool(self.bon["prm_min"] >= self.bon["majority"] + TARGET_BON_MARGIN)
+        if out and not all(out.values()):
+            nan = float("nan")
+            out["target_note"] = (
+                f"measured world F1 {world_f1 if world_f1 is not None else nan:.3f} (target {TARGET_WORLD_F1}), "
+                f"BoN min {self.bon.get('prm_min', nan):.3f} vs majority {self.bon.get('majority', nan):.3f}"
+                "; the main limit is labelled-data volume and policy quality (see docs/prm.md)")
+        return out
 
 
 def model_context(model: ProcessRewardModel) -> int:
