@@ -71,11 +71,13 @@ def surprisal_baseline(base: str, rows: list[dict]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from prmforge.model_files import local_model
     from prmforge.prm.metrics import Sample, choose_threshold, processbench_report, split_calibration
     from prmforge.world import prompt_for
 
-    tok = AutoTokenizer.from_pretrained(base)
-    lm = AutoModelForCausalLM.from_pretrained(base).eval()
+    path, local_only = local_model(base)  # the project's resolver: storage URIs, one cache, safetensors only
+    tok = AutoTokenizer.from_pretrained(path, **local_only)
+    lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **local_only).eval()
     samples = []
     for x in rows:
         ids = tok(prompt_for(x["problem"]), add_special_tokens=False)["input_ids"]
