@@ -5,10 +5,16 @@ settings class (``prmforge.profiles.STAGE_SETTINGS``) and nothing else, and a
 hand-written copy drifts. :func:`run_config_class` builds a Dagster
 ``Config`` class with the same fields, each optional with default None
 meaning "take the profile's value", and the same descriptions (the
-Launchpad's help; a ``Literal`` becomes a string listing its choices). Nested settings models (``BenchmarkSpec``) become nested
-``Config`` classes with their own defaults. Values are validated by the
-settings class when the step builds its settings (``SettingsResource.stage``),
-so a wrong value fails the step with pydantic's message naming the field.
+Launchpad's help; a ``Literal`` becomes a string listing its choices).
+Nested settings models (``BenchmarkSpec``) become nested ``Config`` classes
+with their own defaults. Values are validated by the settings class when the
+step builds its settings (``SettingsResource.stage``), so a wrong value fails
+the step with pydantic's message naming the field. A consequence: a field
+whose meaningful value is None (``max_steps``) cannot be set *to* None from
+run config; a profile can.
+
+:func:`resource_fields_from` does the same for resources that configure a
+core object (``EngineResource`` from ``EngineConfig``).
 """
 
 from __future__ import annotations
