@@ -98,7 +98,7 @@ def mc_step_labels(
     def progress(p: Progress) -> None:
         context.log.info(f"{MC}/{partition}: shard {p.shards_done}/{p.shards_total}, rollouts "
                          f"{p.items_done}/{p.items_total}, {p.extra['tokens_per_s']:.0f} tokens/s, "
-                         f"eta {p.eta_s or 0:.0f}s")
+                         f"ETA {p.eta_s or 0:.0f}s")
 
     run = label_mc(storage.get(), partition, policy_rollouts, s, policy_engine.config(model), bootstrap, progress,
                    executor=ray_cluster.executor())
