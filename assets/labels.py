@@ -21,11 +21,13 @@ from dagster import (
 from assets.common import check_result, metadata_values, table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
+from prmforge.contracts.datasets import consensus_contract, judge_contract, mc_contract, trl_contract
 from prmforge.labeling.stages import (
     CONSENSUS,
     CONSENSUS_CHECKS,
     JUDGE,
     MC,
+    TRL,
     label_consensus,
     label_judge,
     label_mc,
@@ -34,6 +36,7 @@ from prmforge.sharding import Progress
 from resources.engine import EngineResource
 from resources.judge import JudgeResource
 from resources.mlflow import MLflowResource
+from resources.quality import QualityResource
 from resources.ray import RayResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
@@ -41,6 +44,12 @@ from resources.storage import StorageResource
 MCConfig = stage_config(MC)
 JudgeConfig = stage_config(JUDGE)
 ConsensusConfig = stage_config(CONSENSUS)
+
+
+def contract_spec(asset: str, name: str, description: str) -> AssetCheckSpec:
+    """The blocking, per-partition check a dataset contract (``prmforge/contracts``) reports to."""
+    return AssetCheckSpec(name, asset=asset, blocking=True, partitions_def=dataset_partitions,
+                          description=f"GX: {description}")
 
 
 def _log_mlflow(context: AssetExecutionContext, mlflow: MLflowResource, stage: str, params: dict[str, Any],
@@ -76,6 +85,8 @@ def _log_mlflow(context: AssetExecutionContext, mlflow: MLflowResource, stage: s
     op_tags=SHARDED_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn()},
+    check_specs=[contract_spec(MC, "mc_contract", "one row per rollout (labelled or failed with its status), K as "
+                               "configured, first errors inside the steps, MC values in [0, 1], failed share bounded")],
     description="Monte Carlo step labels per rollout: K completions from each probed step prefix through the "
     "policy engine (per_step or binary_search), MC first error, soft/hard values, completions and tokens spent.",
 )
@@ -88,7 +99,8 @@ def mc_step_labels(
     policy_engine: EngineResource,
     mlflow: MLflowResource,
     ray_cluster: RayResource,
-) -> Output[pa.Table]:
+    quality: QualityResource,
+) -> Iterator[Any]:
     """Label every rollout of the partition; shards are resumable across killed runs (and may run on Ray)."""
     s = settings.stage(MC, config)
     partition = context.partition_key
@@ -103,8 +115,9 @@ def mc_step_labels(
     run = label_mc(storage.get(), partition, policy_rollouts, s, policy_engine.config(model), bootstrap, progress,
                    executor=ray_cluster.executor())
     tracked = _log_mlflow(context, mlflow, MC, run.params(partition), run.metrics)
-    return Output(run.table, data_version=table_data_version(run.table),
-                  metadata=metadata_values({**run.metadata(), **tracked}))
+    yield Output(run.table, data_version=table_data_version(run.table),
+                 metadata=metadata_values({**run.metadata(), **tracked}))
+    yield quality.check(mc_contract(s.k, policy_rollouts.num_rows, s.max_failed_share), run.table)
 
 
 # ---------------------------------------------------------------------------
@@ -118,6 +131,8 @@ def mc_step_labels(
     op_tags=SHARDED_OP_TAGS,
     retry_policy=REMOTE_RETRY,
     ins={"policy_rollouts": AssetIn(), "seed_problems": AssetIn()},
+    check_specs=[contract_spec(JUDGE, "judge_contract", "one verdict per rollout, statuses known, share of "
+                               "unparsed/abstained/failed verdicts bounded")],
     description="Judge verdict per rollout: earliest wrong step (or -1) from the calculator (default) or an LLM "
     "judge; unparsed/abstained/failed verdicts are recorded with their status and never guessed.",
 )
@@ -131,15 +146,17 @@ def judge_step_labels(
     judge: JudgeResource,
     mlflow: MLflowResource,
     ray_cluster: RayResource,
-) -> Output[pa.Table]:
+    quality: QualityResource,
+) -> Iterator[Any]:
     """The configured judge's verdicts; an LLM judge's shards are resumable across killed runs (and may run on Ray)."""
     s = settings.stage(JUDGE, config)
     with judge.make() as j:
         run = label_judge(storage.get(), context.partition_key, policy_rollouts, seed_problems, s, j,
                           executor=ray_cluster.executor())
     tracked = _log_mlflow(context, mlflow, JUDGE, run.params(context.partition_key), run.metrics)
-    return Output(run.table, data_version=table_data_version(run.table),
-                  metadata=metadata_values({**run.metadata(), **tracked}))
+    yield Output(run.table, data_version=table_data_version(run.table),
+                 metadata=metadata_values({**run.metadata(), **tracked}))
+    yield quality.check(judge_contract(policy_rollouts.num_rows, s.max_unusable_share), run.table)
 
 
 # ---------------------------------------------------------------------------
@@ -159,6 +176,9 @@ def judge_step_labels(
           for name, d in CONSENSUS_CHECKS.items()],
         AssetCheckSpec("kept_share_in_bounds", asset=CONSENSUS, partitions_def=dataset_partitions,
                        description="WARN when the kept share leaves [kept_share_min, kept_share_max]"),
+        contract_spec(CONSENSUS, "consensus_contract", "ids unique, K of the MC labels, labels consistent with "
+                      "steps and first error, kept share above min_kept_share"),
+        contract_spec(CONSENSUS, "trl_contract", "the TRL export: one row per kept rollout, one label per step"),
     ],
 )
 def consensus_labels(
@@ -171,8 +191,9 @@ def consensus_labels(
     settings: SettingsResource,
     storage: StorageResource,
     mlflow: MLflowResource,
+    quality: QualityResource,
 ) -> Iterator[Any]:
-    """Consensus rows, then the blocking integrity checks and the kept-share WARN."""
+    """Consensus rows, then the blocking integrity checks and contracts, and the kept-share WARN."""
     s = settings.stage(CONSENSUS, config)
     partition = context.partition_key
     run = label_consensus(storage.get(), partition, mc_step_labels, judge_step_labels, seed_problems,
@@ -184,3 +205,6 @@ def consensus_labels(
                  metadata=metadata_values({**run.metadata(), "trl_export": MetadataValue.url(run.trl_url), **tracked}))
     for outcome in run.checks():
         yield check_result(CONSENSUS, outcome)
+    ks = sorted(set(mc_step_labels.column("k").to_pylist()))
+    yield quality.check(consensus_contract(ks, policy_rollouts.num_rows, s.min_kept_share), run.table)
+    yield quality.check(trl_contract(run.table.num_rows), storage.get().read_dataset(TRL, partition))

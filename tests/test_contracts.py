@@ -94,12 +94,12 @@ def test_consensus_and_trl_contracts() -> None:
     kept = pa.Table.from_pylist([{"rollout_id": "a", "k": 4, "first_error": 1, "steps": ["x", "y"],
                                   "labels": [True, False]},
                                  {"rollout_id": "b", "k": 4, "first_error": -1, "steps": ["x"], "labels": [True]}])
-    assert validate(consensus_contract(4, 4, 0.5), kept).passed
-    result = validate(consensus_contract(4, 10, 0.5), kept)
+    assert validate(consensus_contract([4], 4, 0.5), kept).passed
+    result = validate(consensus_contract([4], 10, 0.5), kept)
     assert failed(result) == {"expect_table_row_count_to_be_between:"}
     broken = pa.Table.from_pylist([{"rollout_id": "a", "k": 4, "first_error": 2, "steps": ["x", "y"],
                                     "labels": [True, True, False]}])
-    assert failed(validate(consensus_contract(4, None, 0.0), broken)) == {
+    assert failed(validate(consensus_contract([4], None, 0.0), broken)) == {
         "expect_column_pair_values_a_to_be_greater_than_b:"}
 
     trl = pa.Table.from_pylist([{"prompt": "p", "completions": ["a", "b"], "labels": [True, False]}])

@@ -127,8 +127,10 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
 
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"labels_match_steps", "no_label_after_first_negative", "ids_unique",
-                           "traces_to_one_rollout", "kept_share_in_bounds"}
-    assert all(c.passed for c in checks.values())
+                           "traces_to_one_rollout", "kept_share_in_bounds", "mc_contract", "judge_contract",
+                           "consensus_contract", "trl_contract"}
+    assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
+    assert checks["mc_contract"].metadata["rows"].value == 12
 
     # TRL export beside the dataset, loadable with `datasets`
     datasets = pytest.importorskip("datasets")

@@ -154,7 +154,7 @@ def judge_contract(upstream_rollouts: int | None, max_unusable_share: float) -> 
     ))
 
 
-def consensus_contract(k: int, upstream_rollouts: int | None, min_kept_share: float) -> Contract:
+def consensus_contract(ks: list[int], upstream_rollouts: int | None, min_kept_share: float) -> Contract:
     """``consensus_labels``: labels consistent with the steps and first error; kept share above the floor."""
     def derive(t: pa.Table) -> dict[str, pd.Series]:
         return {"n_steps": list_len(t, "steps"), "n_labels": list_len(t, "labels")}
@@ -163,7 +163,7 @@ def consensus_contract(k: int, upstream_rollouts: int | None, min_kept_share: fl
         e = gxe()
         out = [
             e.ExpectColumnValuesToBeUnique(column="rollout_id"),
-            e.ExpectColumnValuesToBeInSet(column="k", value_set=[k]),
+            e.ExpectColumnValuesToBeInSet(column="k", value_set=list(ks)),
             e.ExpectColumnValuesToBeBetween(column="first_error", min_value=-1),
             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="first_error"),
             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="n_labels", or_equal=True),
@@ -175,7 +175,8 @@ def consensus_contract(k: int, upstream_rollouts: int | None, min_kept_share: fl
         return out
 
     return Contract("consensus_contract", "consensus_labels", expectations, derive, (
-        "rollout_id unique", f"K={k}", "first_error in [-1, steps)", "1 <= labels <= steps",
+        "rollout_id unique", f"K in {list(ks)} (the MC labels')", "first_error in [-1, steps)",
+        "1 <= labels <= steps",
         f"kept share >= {min_kept_share}",
     ))
 

@@ -22,6 +22,12 @@ class MCSettings(StageSettings):
     shard_size: int = Field(128, gt=0, description="rollouts per resumable shard")
     batch_prefixes: int = Field(128, gt=0, description="prefixes per engine call (each sampled k times)")
     step_separator: str = Field("auto", description="'auto', 'world', 'paragraph' or a literal separator")
+    max_failed_share: float = Field(0.05, ge=0, le=1, description="contract: the largest share of rollouts whose "
+                                    "MC status is error or empty before the blocking mc_contract stops consensus")
+
+    def run_fingerprint(self) -> dict:
+        """Fields that change the rows (the contract threshold does not)."""
+        return self.model_dump(exclude={"max_failed_share"})
 
 
 class JudgeSettings(StageSettings):
@@ -31,6 +37,13 @@ class JudgeSettings(StageSettings):
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the judge")
     seed: int = Field(0, description="sampling seed of the judge")
     shard_size: int = Field(128, gt=0, description="rollouts per resumable shard (LLM judge only)")
+    max_unusable_share: float = Field(0.5, ge=0, le=1, description="contract: the largest share of verdicts that "
+                                      "are unparsed, abstained or failed before the blocking judge_contract stops "
+                                      "consensus")
+
+    def run_fingerprint(self) -> dict:
+        """Fields that change the rows (the contract threshold does not)."""
+        return self.model_dump(exclude={"max_unusable_share"})
 
 
 class ConsensusSettings(StageSettings):
@@ -39,3 +52,5 @@ class ConsensusSettings(StageSettings):
     kept_share_min: float = Field(0.05, ge=0, le=1, description="WARN below this kept share")
     kept_share_max: float = Field(0.98, ge=0, le=1, description="WARN above this kept share (no filtering)")
     audit_target: float = Field(0.95, ge=0, le=1, description="exact first-error agreement target")
+    min_kept_share: float = Field(0.0, ge=0, le=1, description="contract: the blocking consensus_contract fails "
+                                  "below this kept share (0: off; kept_share_min only WARNs)")

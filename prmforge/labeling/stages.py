@@ -193,7 +193,7 @@ def label_mc(
     separator = resolve_separator(s.step_separator, bootstrap_policy)
     rows = rollouts.to_pylist()
     run_key = fingerprint({
-        "settings": s.model_dump(), "engine": engine.identity(), "separator": separator,
+        "settings": s.run_fingerprint(), "engine": engine.identity(), "separator": separator,
         "rollouts": fingerprint([(r["rollout_id"], r["prompt"], r["steps"], r.get("text"), r.get("gold_answer"),
                                   bool(r.get("correct")), bool(r.get("truncated", False))) for r in rows]),
     })
@@ -307,7 +307,7 @@ def label_judge(
 
     if not judge.resumable:  # milliseconds: nothing to resume
         return JudgeRun(work(rows, 0), name)
-    run_key = fingerprint({"settings": settings.model_dump(), "judge": judge.identity(),
+    run_key = fingerprint({"settings": settings.run_fingerprint(), "judge": judge.identity(),
                            "rows": fingerprint([(r["rollout_id"], r["steps"]) for r in rows]),
                            "problems": fingerprint(sorted(texts.items()))})
     executor = executor or LocalExecutor()
