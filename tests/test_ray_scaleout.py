@@ -174,3 +174,31 @@ def test_the_code_location_does_not_import_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=TESTS.parent)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_llm_judge_labels_over_ray_actors_equal_one_process(tmp_path: Path) -> None:
+    """An LLM judge (openai backend, a real loopback server) judges its shards in Ray actors."""
+    from test_labels_asset import PARTITION as JUDGE_PART
+    from test_labels_asset import _write_inputs
+    from test_llm_judge import _JudgeServer
+
+    from prmforge.engines.factory import EngineConfig
+    from prmforge.labeling.judges import LLMJudge
+    from prmforge.labeling.stages import label_judge
+
+    settings = stage_settings("judge_step_labels", shard_size=4)
+    tables = {}
+    with _JudgeServer() as server:
+        judge = LLMJudge(EngineConfig(backend="openai", model="judge-model", base_url=server.base_url,
+                                      max_retries=0, timeout_s=10))
+        for name, executor in (("ray", RayExecutor(connection=RayConnection(address="local"), num_actors=2)),
+                               ("local", None)):
+            storage = Storage(f"file://{tmp_path / name}")
+            _write_inputs(storage)
+            run = label_judge(storage, JUDGE_PART, storage.read_dataset("policy_rollouts", JUDGE_PART),
+                              storage.read_dataset("seed_problems", JUDGE_PART), settings, judge, executor=executor)
+            assert run.sharded is not None and run.sharded.shards_computed == 3
+            tables[name] = run.table
+    assert tables["ray"].num_rows == 12 and tables["ray"].equals(tables["local"])
+    assert set(tables["ray"].column("status").to_pylist()) == {"ok"}
+    assert len(server.prompts) == 24  # every rollout judged once per run, none twice
