@@ -253,7 +253,7 @@ def registered_prm(
 
     from prmforge.model_files import resolve_model_dir
     from prmforge.prm.pyfunc import log_pyfunc
-    from prmforge.prm.registry import git_commit, register_and_gate
+    from prmforge.prm.registry import lineage_tags, register_and_gate
 
     s = settings.stage(REGISTERED_PRM, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
@@ -261,17 +261,9 @@ def registered_prm(
     value = float(eval_meta.get(s.gate_metric, float("nan")))
     if value != value:
         context.log.warning(f"gate metric {s.gate_metric!r} missing from prm_evaluation: no promotion")
-    lineage = {
-        "data_versions.seed_problems": json.dumps(partition_data_versions(context, "seed_problems")),
-        "data_versions.policy_rollouts": json.dumps(partition_data_versions(context, "policy_rollouts")),
-        "data_versions.consensus_labels": json.dumps(partition_data_versions(context, "consensus_labels")),
-        "data_version.training_labels": str(prm_meta.get("data_version_consensus_labels", "")),
-        "git_commit": git_commit(),
-        "config": json.dumps({"train": prm_meta.get("settings"), "gate": s.model_dump()}, default=str),
-        "prm_uri": str(prm_meta["uri"]),
-        "base_model": str(prm_meta.get("base_model", "")),
-        "dagster_run_id": context.run.run_id,
-    }
+    versions = {a: partition_data_versions(context, a)
+                for a in ("seed_problems", "policy_rollouts", "consensus_labels")}
+    lineage = lineage_tags(prm_meta, versions, s.model_dump(), context.run.run_id)
     local = resolve_model_dir(str(prm_meta["uri"]))
     mlf.set_tracking_uri(mlflow.tracking_uri)
     run_id = str(prm_meta.get("mlflow_run_id") or "") or None

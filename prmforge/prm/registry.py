@@ -15,6 +15,7 @@ Rules (tested in ``tests/test_prm_registry.py``):
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import time
@@ -53,6 +54,24 @@ def git_commit(repo: str | Path | None = None) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def lineage_tags(prm_meta: dict[str, Any], data_versions: dict[str, dict[str, str]], gate: dict[str, Any],
+                 run_id: str) -> dict[str, str]:
+    """The tags a registered PRM version carries: what data, code, settings and run produced it.
+
+    ``prm_meta`` is the ``prm_model`` materialisation's metadata; ``data_versions`` maps an asset to the
+    latest data version of each of its partitions.
+    """
+    return {
+        **{f"data_versions.{asset}": json.dumps(v) for asset, v in data_versions.items()},
+        "data_version.training_labels": str(prm_meta.get("data_version_consensus_labels", "")),
+        "git_commit": git_commit(),
+        "config": json.dumps({"train": prm_meta.get("settings"), "gate": gate}, default=str),
+        "prm_uri": str(prm_meta["uri"]),
+        "base_model": str(prm_meta.get("base_model", "")),
+        "dagster_run_id": run_id,
+    }
 
 
 def _is_not_found(exc: Exception) -> bool:
