@@ -22,9 +22,16 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from prmforge.prm.settings import PRMTrainSettings
+from prmforge.storage import Storage
+
+if TYPE_CHECKING:  # torch-heavy: imported when a fit actually runs
+    from prmforge.prm.pipeline import FitResult
 
 STEP_PREFIX = "PRMFORGE_STEP "
 LOG_PREFIX = "PRMFORGE_LOG "
@@ -39,13 +46,13 @@ def torchrun_command(n: int, max_restarts: int, args: Sequence[str]) -> list[str
 
 def fit_prm(
     rows: Sequence[dict],
-    s,  # PRMTrainSettings
+    s: PRMTrainSettings,
     base_model: str,
-    storage=None,
+    storage: Storage | None = None,
     data_version: str = "",
     log_fn: Callable[[dict[str, float], int], None] | None = None,
     log: Callable[[str], None] | None = None,
-):
+) -> FitResult:
     """``prmforge.prm.pipeline.fit`` in this process, or one DDP process per worker when ``s.num_workers > 1``.
 
     Both return the same ``FitResult`` (same run key, checkpoints and resume), so the caller does not care which.
@@ -61,14 +68,13 @@ def fit_prm(
 
 def fit_torchrun(
     rows: Sequence[dict],
-    s,  # PRMTrainSettings (not imported here: prmforge.prm.settings pulls in torch-free code only)
+    s: PRMTrainSettings,
     base_model: str,
-    storage=None,
+    storage: Storage | None = None,
     data_version: str = "",
     log_fn: Callable[[dict[str, float], int], None] | None = None,
     log: Callable[[str], None] | None = None,
-    env: dict[str, str] | None = None,
-):
+) -> FitResult:
     """Train on ``s.num_workers`` processes and return the same ``FitResult`` as ``fit``."""
     from prmforge.prm.data import EncodeStats
     from prmforge.prm.model import ProcessRewardModel
@@ -89,7 +95,7 @@ def fit_torchrun(
         tail: deque[str] = deque(maxlen=40)
         with open(stderr_path, "w") as err, subprocess.Popen(
             torchrun_command(s.num_workers, s.max_restarts, args), stdout=subprocess.PIPE, stderr=err,
-            text=True, env=env,
+            text=True,
         ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
