@@ -33,8 +33,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.common import table_data_version, upstream_metadata, upstream_uri
+from assets.common import check_result, table_data_version, upstream_metadata, upstream_uri
 from pipelines.automation import REMOTE_RETRY, build_if_missing
+from prmforge.checks import model_folder_outcome
 from prmforge.policy import PolicySettings
 from prmforge.policy.benchmark import build_world_benchmark
 from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
@@ -86,6 +87,11 @@ def _log_mlflow(mlflow: MLflowResource, build: PolicyBuild) -> str:
         return run.info.run_id
 
 
+def _model_complete_check(asset_name: str) -> AssetCheckSpec:
+    return AssetCheckSpec("model_complete", asset=asset_name, blocking=True,
+                          description="the stored model folder is complete: marker, config.json, safetensors only")
+
+
 def _calibration_check(asset_name: str) -> AssetCheckSpec:
     return AssetCheckSpec(
         "calibration_in_band", asset=asset_name, blocking=False,
@@ -97,7 +103,7 @@ def _calibration_check(asset_name: str) -> AssetCheckSpec:
     group_name="policy",
     automation_condition=build_if_missing(),
     retry_policy=REMOTE_RETRY,
-    check_specs=[_calibration_check("policy_model")],
+    check_specs=[_calibration_check("policy_model"), _model_complete_check("policy_model")],
     description="Bootstrap policy: small Llama trained from scratch on gold world solutions (HF folder: "
     "config.json, model.safetensors, tokenizer). Path: <root>/models/policy/<config hash>/",
 )
@@ -110,7 +116,7 @@ def policy_model(
 ) -> MaterializeResult:
     """Train (or reuse when unchanged) and calibrate the bootstrap policy."""
     ps = settings.stage("policy_model", config)
-    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow)
+    return _train_or_reuse(context, "policy_model", ps, config.force_retrain, settings, storage, mlflow)
 
 
 @asset(
@@ -119,6 +125,7 @@ def policy_model(
     retry_policy=REMOTE_RETRY,
     # No calibration band here: the band keeps a *policy* wrong often enough to label; a verifier's
     # base should know as much as possible (its calibration is still reported as metadata).
+    check_specs=[_model_complete_check("prm_base_model")],
     description="The LM the PRM starts from: the policy's settings plus the profile's `prm_base_model` entries. "
     "Without any it is the policy's own folder (same config hash, reused). Path: <root>/models/policy/<hash>/",
 )
@@ -131,11 +138,13 @@ def prm_base_model(
 ) -> MaterializeResult:
     """Train (or reuse) the PRM's base LM; the policy itself unless the profile asks for more."""
     ps = settings.stage("prm_base_model", config)
-    return _train_or_reuse(context, ps, config.force_retrain, settings, storage, mlflow, band_check=False)
+    return _train_or_reuse(context, "prm_base_model", ps, config.force_retrain, settings, storage, mlflow,
+                           band_check=False)
 
 
-def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: bool, settings: SettingsResource,
-                    storage: StorageResource, mlflow: MLflowResource, band_check: bool = True) -> MaterializeResult:
+def _train_or_reuse(context: AssetExecutionContext, asset_name: str, ps: PolicySettings, force: bool,
+                    settings: SettingsResource, storage: StorageResource, mlflow: MLflowResource,
+                    band_check: bool = True) -> MaterializeResult:
     with tempfile.TemporaryDirectory(prefix="prmforge-policy-") as work:
         build = ensure_policy(storage.get(), ps, work, force=force, log=context.log.info)
     cal = build.calibration
@@ -150,12 +159,12 @@ def _train_or_reuse(context: AssetExecutionContext, ps: PolicySettings, force: b
     return MaterializeResult(
         metadata=meta,
         data_version=DataVersion(build.config_hash),
-        check_results=[AssetCheckResult(
+        check_results=([AssetCheckResult(
             check_name="calibration_in_band", passed=cal.in_band, severity=AssetCheckSeverity.WARN,
             metadata={"accuracy": cal.accuracy, "arithmetic_share": cal.kind_shares["arithmetic"],
                       "logic_share": cal.kind_shares["logic"],
                       "reasons": MetadataValue.json(cal.reasons)},
-        )] if band_check else [],
+        )] if band_check else []) + [check_result(asset_name, model_folder_outcome(build.uri))],
     )
 
 

@@ -29,11 +29,16 @@ from dagster import (
     asset,
 )
 
-from assets.common import metadata_values, table_data_version, upstream_metadata, upstream_uri
+from assets.common import check_result, metadata_values, table_data_version, upstream_metadata, upstream_uri
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, TRAIN_OP_TAGS, on_new_data, retrain_condition
+from prmforge.checks import model_folder_outcome, training_outcomes
+from prmforge.contracts.datasets import step_scores_contract
+from prmforge.prm.metrics import STEP_SCORES
+from prmforge.prm.registry import registered_parity_outcome
 from prmforge.prm.settings import PRMTrainSettings
 from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
+from resources.quality import QualityResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
@@ -106,6 +111,14 @@ def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
     retry_policy=REMOTE_RETRY,
     description="PRM (policy backbone + step head) trained on the consensus labels of all (or the configured) "
     "dataset partitions; weights in storage and MLflow, passed on as `uri` metadata.",
+    check_specs=[
+        AssetCheckSpec("training_sane", asset=PRM_MODEL, blocking=True,
+                       description="finite loss; every training row used or counted as rejected"),
+        AssetCheckSpec("loss_decreased", asset=PRM_MODEL,
+                       description="WARN when the last quarter's mean loss is not below the first quarter's"),
+        AssetCheckSpec("model_complete", asset=PRM_MODEL, blocking=True,
+                       description="the stored PRM folder is complete: marker, config.json, safetensors only"),
+    ],
 )
 def prm_model(
     context: AssetExecutionContext,
@@ -151,7 +164,10 @@ def prm_model(
     if result.stats.steps_truncated:
         context.log.warning(f"{result.stats.steps_truncated} trailing steps dropped by truncation at "
                             f"max_length={result.model.config.max_length} (counted, never mislabelled)")
-    return MaterializeResult(metadata=metadata_values({
+    stats = result.stats
+    checks = [*training_outcomes(result.train.history, result.train.final_loss, len(rows), stats.examples_in,
+                                 stats.examples_kept, stats.rejected), model_folder_outcome(uri)]
+    return MaterializeResult(check_results=[check_result(PRM_MODEL, c) for c in checks], metadata=metadata_values({
         "uri": MetadataValue.path(uri), "base_model": base, "rows": len(rows),
         "data_version_consensus_labels": data_version, "data_versions_consensus_labels": label_versions,
         **result.metadata(), "num_workers": s.num_workers, "settings": s.model_dump(),
@@ -168,7 +184,10 @@ def prm_model(
     "vs majority/random/pass@N on held-out world problems, and diagnostics; plots in MLflow.",
     check_specs=[AssetCheckSpec("steps_scored", asset=PRM_EVALUATION, blocking=True,
                                 description="at most max_unscored_share (1%) of benchmark steps left unscored "
-                                "because they did not fit the PRM's context; more makes the F1 an artefact")],
+                                "because they did not fit the PRM's context; more makes the F1 an artefact"),
+                 AssetCheckSpec("step_scores_contract", asset=PRM_EVALUATION, blocking=True,
+                                description="GX on prm_step_scores: scores in [0, 1], unscored share under the "
+                                "limit, subsets and sample counts as configured")],
 )
 def prm_evaluation(
     context: AssetExecutionContext,
@@ -177,6 +196,7 @@ def prm_evaluation(
     storage: StorageResource,
     policy_engine: EngineResource,
     mlflow: MLflowResource,
+    quality: QualityResource,
 ) -> MaterializeResult:
     import mlflow as mlf
 
@@ -213,7 +233,10 @@ def prm_evaluation(
         "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
         **rep.targets(),
         "mlflow_run_id": run.info.run_id,
-    }, check_results=[_steps_scored_check(rep, s.max_unscored_share)])
+        "step_scores": MetadataValue.path(store.write_dataset(STEP_SCORES, rep.step_scores)),
+    }, check_results=[_steps_scored_check(rep, s.max_unscored_share),
+                      quality.check(step_scores_contract(s.max_unscored_share, rep.samples_per_subset),
+                                    rep.step_scores)])
 
 
 def _steps_scored_check(rep: "EvalReport", max_share: float) -> AssetCheckResult:
@@ -242,6 +265,9 @@ def _steps_scored_check(rep: "EvalReport", max_share: float) -> AssetCheckResult
     retry_policy=REMOTE_RETRY,
     description="The PRM logged as an MLflow pyfunc (problem + steps → one score per step), registered with "
     "lineage tags; alias `challenger`, and `champion` only if the gate metric beats the champion by the margin.",
+    check_specs=[AssetCheckSpec("registered_scores_match", asset=REGISTERED_PRM, blocking=True,
+                                description="the registered version loads through MLflow and scores a fixed "
+                                "example exactly as the trained model does")],
 )
 def registered_prm(
     context: AssetExecutionContext,
@@ -276,7 +302,8 @@ def registered_prm(
     decision = register_and_gate(mlflow.client(), s.model_name, info.model_uri, info.run_id, s.gate_metric,
                                  value, lineage, s.gate_margin)
     context.log.info(f"registered {s.model_name} v{decision.version}: {decision.reason}")
-    return MaterializeResult(metadata={
+    parity = registered_parity_outcome(f"models:/{s.model_name}/{decision.version}", local)
+    return MaterializeResult(check_results=[check_result(REGISTERED_PRM, parity)], metadata={
         **decision.as_metadata(),
         "model_name": s.model_name,
         "model_uri": f"models:/{s.model_name}/{decision.version}",

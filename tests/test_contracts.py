@@ -109,13 +109,14 @@ def test_consensus_and_trl_contracts() -> None:
                                                       "expect_column_pair_values_to_be_equal:"}
 
 
-def test_step_scores_contract_bounds_unscored_share() -> None:
-    scores = pa.Table.from_pylist([{"subset": "gsm8k", "id": "1", "step": i, "score": s}
+def test_step_scores_contract_bounds_unscored_share_and_sizes() -> None:
+    scores = pa.Table.from_pylist([{"subset": "gsm8k", "id": "1", "split": "test", "step": i, "score": s}
                                    for i, s in enumerate([0.9, 0.1, None, 0.5])])
     assert validate(step_scores_contract(0.3, {"gsm8k": 1}), scores).passed
-    result = validate(step_scores_contract(0.01, {"gsm8k": 1, "math": 1}), scores)
+    result = validate(step_scores_contract(0.01, {"gsm8k": 2, "math": 1}), scores)
     assert failed(result) == {"expect_column_mean_to_be_between:unscored",
-                              "expect_column_distinct_values_to_equal_set:subset"}
+                              "expect_column_distinct_values_to_equal_set:subset",
+                              "expect_column_unique_value_count_to_be_between:sample"}
 
 
 def test_seed_contract_on_real_gsm8k(shared_data) -> None:

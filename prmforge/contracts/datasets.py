@@ -200,28 +200,34 @@ def trl_contract(upstream_rows: int | None) -> Contract:
     ))
 
 
-def step_scores_contract(max_unscored_share: float, expected_samples: dict[str, int] | None = None) -> Contract:
-    """The evaluation's per-step scores: probabilities in [0, 1]; unscored steps under the limit.
+def step_scores_contract(max_unscored_share: float, samples_per_subset: dict[str, int] | None = None) -> Contract:
+    """``prm_step_scores``: probabilities in [0, 1]; unscored steps under the limit; benchmark sizes as scored.
 
-    Expects one row per (sample, step) with columns ``subset``, ``id``,
-    ``step`` and ``score`` (null when the step was not scored).
+    One row per (sample, step) with ``subset``, ``id``, ``split``, ``step`` and
+    ``score`` (null when the step did not fit the PRM's context).
     """
     def derive(t: pa.Table) -> dict[str, pd.Series]:
+        keys = [f"{s}/{i}" for s, i in zip(t.column("subset").to_pylist(), t.column("id").to_pylist(), strict=True)]
         return {"unscored": pd.Series([1.0 if s is None or s != s else 0.0 for s in t.column("score").to_pylist()],
-                                      dtype="float64")}
+                                      dtype="float64"),
+                "sample": pd.Series(keys, dtype="object")}
 
     def expectations() -> list:
         e = gxe()
         out = [
             e.ExpectColumnValuesToNotBeNull(column="id"),
+            e.ExpectColumnValuesToBeInSet(column="split", value_set=["calibration", "test"]),
             e.ExpectColumnValuesToBeBetween(column="step", min_value=0),
             e.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
             e.ExpectColumnMeanToBeBetween(column="unscored", max_value=max_unscored_share),
         ]
-        if expected_samples:
-            out.append(e.ExpectColumnDistinctValuesToEqualSet(column="subset", value_set=sorted(expected_samples)))
+        if samples_per_subset:
+            total = sum(samples_per_subset.values())
+            out += [e.ExpectColumnDistinctValuesToEqualSet(column="subset", value_set=sorted(samples_per_subset)),
+                    e.ExpectColumnUniqueValueCountToBeBetween(column="sample", min_value=total, max_value=total)]
         return out
 
     return Contract("step_scores_contract", "prm_step_scores", expectations, derive, (
         "scores in [0, 1]", f"unscored share <= {max_unscored_share}",
+        f"samples per subset as scored: {samples_per_subset or 'any'}",
     ))

@@ -22,6 +22,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
+from prmforge.schemas import register_schema
+
 
 @dataclass
 class Sample:
@@ -308,3 +312,22 @@ def summary_markdown(report: dict[str, dict[str, float]], threshold: float, bon:
         lines += ["", "**Diagnostics**", "", "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in extra.items()]
     return "\n".join(lines)
+
+
+STEP_SCORES = "prm_step_scores"
+STEP_SCORES_SCHEMA = register_schema(STEP_SCORES, pa.schema([
+    pa.field("subset", pa.string(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),  # calibration | test
+    pa.field("label", pa.int64(), nullable=False),  # the sample's earliest wrong step, -1 if correct
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("score", pa.float64()),  # P(step correct); null when the step did not fit the context
+]))
+
+
+def step_scores_table(splits: dict[str, Sequence[Sample]]) -> pa.Table:
+    """One row per scored (or unscored) benchmark step, so any F1 can be recomputed without the model."""
+    rows = [{"subset": x.subset, "id": str(x.id), "split": split, "label": int(x.label), "step": i,
+             "score": None if sc is None or sc != sc else float(sc)}
+            for split, samples in splits.items() for x in samples for i, sc in enumerate(x.scores)]
+    return pa.Table.from_pylist(rows, schema=STEP_SCORES_SCHEMA)

@@ -31,6 +31,7 @@ from prmforge.prm.metrics import (
     rawp_detection,
     split_calibration,
     step_calibration,
+    step_scores_table,
     summary_markdown,
     unscored_report,
 )
@@ -125,6 +126,8 @@ class EvalReport:
     counts: dict[str, float] = field(default_factory=dict)
     unscored: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step_scores: pa.Table | None = None  # prm_step_scores: every benchmark step's score
+    samples_per_subset: dict[str, int] = field(default_factory=dict)  # what was scored, after any subsampling
 
     def flat_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {"threshold": self.threshold}
@@ -301,8 +304,10 @@ def evaluate(
         diagnostics[f"random_scorer_{subset}_f1"] = r["f1"]
     if "mean" in report and "mean" in baseline:
         diagnostics["beats_random_scorer"] = float(report["mean"]["f1"] > baseline["mean"]["f1"])
+    scored = {name: sum(x.subset == name for x in samples) for name in sorted({x.subset for x in samples})}
     return EvalReport(threshold, processbench_report(calib, threshold), report, bon, curve, diagnostics, rejected,
-                      plots, counts, {k: v for k, v in unscored.items() if k != "all"}, notes)
+                      plots, counts, {k: v for k, v in unscored.items() if k != "all"}, notes,
+                      step_scores_table({"calibration": calib, "test": test}), scored)
 
 
 def random_scorer_report(calib: Sequence[Sample], test: Sequence[Sample], seed: int) -> dict[str, dict[str, float]]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prmforge.checks import CheckOutcome
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 COMPLETE_TAG = "prmforge.complete"
@@ -186,3 +188,39 @@ def _decision(client, name: str, version: str, promoted: bool, reason: str, metr
               champ_version: str | None, champ_value: float | None) -> GateDecision:
     aliases = list(client.get_model_version(name, version).aliases or [])
     return GateDecision(version, promoted, reason, metric, value, champ_version, champ_value, sorted(aliases))
+
+
+def registered_parity_outcome(model_uri: str, prm_dir: str | Path, tolerance: float = 1e-6) -> CheckOutcome:
+    """The registered version, loaded as any user would, scores the pyfunc's example like the trained model.
+
+    Catches a registration that cannot be served (missing code or weights) or
+    that serves different scores (wrong artifact, tokenizer or head), at the
+    stage that registered it rather than in a user's RL loop.
+    """
+    import mlflow
+
+    from prmforge.prm.model import ProcessRewardModel, score_steps
+    from prmforge.prm.pyfunc import INPUT_EXAMPLE
+
+    items = [(str(p), [str(s) for s in steps]) for p, steps in
+             zip(INPUT_EXAMPLE["problem"], INPUT_EXAMPLE["steps"], strict=True)]
+    meta: dict[str, Any] = {"model_uri": model_uri, "tolerance": tolerance}
+    try:
+        served = [list(map(float, r)) for r in mlflow.pyfunc.load_model(model_uri).predict(INPUT_EXAMPLE)["step_scores"]]
+        model, tok = ProcessRewardModel.load(str(prm_dir))
+        direct = [list(map(float, r)) for r in score_steps(model, tok, items)]
+    except Exception as exc:  # noqa: BLE001 - a version that cannot be loaded is the finding
+        return CheckOutcome("registered_scores_match", False, True, meta,
+                            f"the registered version could not be loaded or scored: {type(exc).__name__}: {exc}")
+    shapes_match = [len(r) for r in served] == [len(r) for r in direct]
+    if not shapes_match:
+        return CheckOutcome("registered_scores_match", False, True, {**meta, "served": served, "trained": direct},
+                            "the registered version returns a different number of step scores")
+    # unscored steps (NaN, past the context) must be unscored on both sides
+    diffs = [0.0 if a != a and b != b else abs(a - b)
+             for ra, rb in zip(served, direct, strict=True) for a, b in zip(ra, rb, strict=True)]
+    max_diff = max(diffs) if diffs else 0.0
+    passed = shapes_match and max_diff <= tolerance
+    meta.update({"max_abs_diff": max_diff, "served": served, "trained": direct})
+    return CheckOutcome("registered_scores_match", passed, True, meta,
+                        None if passed else f"registered scores differ from the trained model's by {max_diff:.2e}")
