@@ -30,6 +30,15 @@ class JudgeResource(ConfigurableResource):
     max_concurrency: int = 16
     timeout_s: float = 120.0
     max_retries: int = 4
+    # vllm (see EngineConfig)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    max_num_seqs: int | None = None
+    cpu_kv_cache_gib: float = 1.0
+    cpu_threads_bind: str = "auto"
 
     def config(self) -> JudgeConfig:
         engine = EngineConfig(**{k: getattr(self, k) for k in EngineConfig.model_fields if hasattr(self, k)})
