@@ -356,7 +356,8 @@ def _names(keys: Sequence) -> str:
 
 
 def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str] | None = None,
-                   log_level: str = "WARNING", run_ids: list[str] | None = None) -> int:
+                   log_level: str = "WARNING", run_ids: list[str] | None = None,
+                   run_config: dict[str, Any] | None = None) -> int:
     """Execute the phases in order, in this process; returns the number of failed runs.
 
     ``run_ids``, when given, receives the id of every run started (for the summary).
@@ -390,7 +391,7 @@ def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str]
                 run_id=run_id,
                 raise_on_error=False,
                 tags={"prmforge/cli": "run", RUN_PROCESS_TAG: process_token(), **(tags or {})},
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                run_config=_phase_config(run_config or {}, phase, log_level),
             )
         status = "succeeded" if result.success else "FAILED"
         _say(f"[{i}/{len(phases)}] {phase.title}: {status} in {time.time() - start:.1f}s (run {run_id})")
@@ -400,6 +401,35 @@ def execute_phases(defs, instance, phases: Sequence[Phase], tags: dict[str, str]
         if not result.success:
             failed += 1
     return failed
+
+
+def _phase_config(run_config: dict[str, Any], phase: Phase, log_level: str) -> dict[str, Any]:
+    """The user's run config for one phase: its resources, and the ops config of the phase's assets only."""
+    names = {key.to_python_identifier() for key in phase.keys}  # an asset's op name
+    cfg: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if run_config.get("resources"):
+        cfg["resources"] = run_config["resources"]
+    ops = {k: v for k, v in (run_config.get("ops") or {}).items() if k in names}
+    if ops:
+        cfg["ops"] = ops
+    return cfg
+
+
+def load_run_config(path: str | None) -> dict[str, Any]:
+    """``--config FILE``: a YAML run config with ``resources`` and/or ``ops`` (one ConfigError if not)."""
+    if not path:
+        return {}
+    import yaml
+
+    from prmforge.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--config {path}: {exc}") from exc
+    if not isinstance(data, dict) or set(data) - {"resources", "ops"}:
+        raise ConfigError(f"--config {path}: expected a mapping with 'resources' and/or 'ops' only")
+    return data
 
 
 # ---- commands -----------------------------------------------------------------
@@ -418,6 +448,7 @@ def _run(args: argparse.Namespace, instance) -> int:
     from prmforge.registry import load_registry
 
     partitions = _split(args.partitions) if args.partitions else sorted(load_registry())
+    run_config = load_run_config(args.config)
     preflight(partitions)  # before anything is added to the instance or loaded
     added = register_partitions(instance)
     if args.partitions:
@@ -436,7 +467,7 @@ def _run(args: argparse.Namespace, instance) -> int:
         return 2
     run_ids: list[str] = []
     failed = execute_phases(defs, instance, phases, log_level="DEBUG" if args.verbose else "WARNING",
-                            run_ids=run_ids)
+                            run_ids=run_ids, run_config=run_config)
     from pipelines.summary import print_summary
 
     print_summary(_say, instance, run_ids, _tracking_uri())
@@ -648,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--select", help="Dagster asset selection, e.g. 'key:seed_problems' or 'key:policy_rollouts+'")
     run.add_argument("--partitions", help="comma-separated dataset keys (default: every registry dataset)")
     run.add_argument("--verbose", action="store_true", help="also print Dagster's own event log")
+    run.add_argument("--config", metavar="FILE",
+                     help="YAML run config: `resources` (e.g. policy_engine backend vllm) and `ops` of any asset")
     run.set_defaults(func=cmd_run)
 
     add = sub.add_parser("add-dataset", help="add a dataset to the registry and as a partition")

@@ -111,3 +111,20 @@ def test_ui_command_binds_loopback_on_the_workspace() -> None:
     assert cmd[1:4] == ["-m", "dagster", "dev"]
     assert "-h" in cmd and cmd[cmd.index("-h") + 1] == "127.0.0.1"
     assert cmd[cmd.index("-w") + 1] == str(REPO / "workspace.yaml")
+
+
+def test_run_config_file_reaches_resources_and_selected_ops(env: Path, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "vllm.yaml"
+    cfg.write_text("resources:\n  policy_engine:\n    config: {backend: vllm, enforce_eager: true}\n"
+                   "ops:\n  policy_rollouts:\n    config: {n: 3}\n", encoding="utf-8")
+    rc = cli.main(["run", "--profile", "tiny", "--select", "key:seed_problems", "--partitions", "gsm8k-sample",
+                   "--config", str(cfg)])
+    assert rc == 0, capsys.readouterr().out
+    run = cli.get_instance().get_runs(filters=dg.RunsFilter(job_name="full_pipeline"))[0]
+    assert run.run_config["resources"]["policy_engine"]["config"] == {"backend": "vllm", "enforce_eager": True}
+    assert "ops" not in run.run_config  # policy_rollouts was not in this run's selection
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine: {backend: vllm}\n", encoding="utf-8")
+    assert cli.main(["run", "--profile", "tiny", "--config", str(bad)]) == 2
+    assert "expected a mapping with 'resources' and/or 'ops' only" in capsys.readouterr().err
