@@ -50,7 +50,7 @@ def build_tiny_llama(
     heads: int = 2,
     kv_heads: int = 1,
     intermediate_size: int = 128,
-    max_position_embeddings: int = 1024,
+    max_position_embeddings: int = 2048,
     seed: int = 0,
 ) -> Path:
     """Save a random tiny Llama and its tokenizer to ``out_dir`` (safetensors).
@@ -58,7 +58,8 @@ def build_tiny_llama(
     The default head size is 32 (64 / 2 heads), the smallest vLLM's CPU
     attention supports (32, 64, 80, 96, 112, 128, ...), so the one tiny model
     serves every engine test, vLLM included; grouped-query attention (2 query
-    heads, 1 KV head) as in real policies.
+    heads, 1 KV head) as in real policies; 2,048 positions, so an LLM-judge
+    prompt (about 1,200 tokens with this tokenizer) fits.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
