@@ -31,6 +31,8 @@ PART = "world-demo"
 # whole context, as an LLM-judge prompt takes about 1,200 tokens with the tiny tokenizer
 VLLM = {"backend": "vllm", "enforce_eager": True, "max_model_len": 2048, "cpu_kv_cache_gib": 0.5,
         "gpu_memory_utilization": 0.3}
+# a random model's verdicts are mostly unparsed: the judge contract's unusable-share guard would block
+RUN_CONFIG = {"ops": {"judge_step_labels": {"config": {"max_unusable_share": 1.0}}}}
 ROLLOUT_COLUMNS = ["rollout_id", "text", "steps", "completion_tokens", "finish_reason"]
 
 
@@ -46,8 +48,9 @@ def _materialize(root: str, model: Path, assets: list, judge: JudgeResource | No
     resources = build_resources(storage=StorageResource(root=root),
                                 policy_engine=EngineResource(model=str(model), **VLLM),
                                 **({"judge": judge} if judge else {}))
+    run_config = RUN_CONFIG if judge_step_labels in assets else None
     return materialize([*specs, *assets], partition_key=PART, instance=instance, resources=resources,
-                       raise_on_error=False)
+                       run_config=run_config, raise_on_error=False)
 
 
 def test_rollouts_mc_and_llm_judge_through_vllm(model_dir: Path, tmp_path: Path) -> None:
