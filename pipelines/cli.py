@@ -31,7 +31,7 @@ from prmforge import env
 from prmforge.env import home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILE_CHOICES = ("tiny", "demo", "world")
+PROFILE_CHOICES = ("tiny", "real", "demo", "world")
 
 DAGSTER_YAML = """\
 # Dagster instance of prmforge's local runs (written once by the prmforge CLI; edit freely).

@@ -18,12 +18,12 @@ import dagster as dg
 # What each stage reports as its row counts, in the order shown.
 ROW_KEYS: dict[str, tuple[str, ...]] = {
     "seed_problems": ("rows_read", "accepted", "quarantined", "deduplicated", "decontaminated"),
-    "policy_rollouts": ("problems", "rollouts", "skipped_prompts", "accuracy"),
+    "policy_rollouts": ("problems", "rollouts", "skipped_prompts", "steps_per_solution", "accuracy"),
     "mc_step_labels": ("rollouts", "labelled", "skipped", "failed"),
     "judge_step_labels": ("rows", "verdicts_ok", "unparsed_share"),
     "consensus_labels": ("rollouts", "kept", "kept_share"),
 }
-EVAL_KEYS = ("mean_f1", "world_f1", "bon8_prm_min", "bon8_majority", "threshold", "unscored_share")
+EVAL_KEYS = ("mean_f1", "world_f1", "bon8_prm_min", "bon8_majority", "threshold", "steps_unscored", "unscored_share")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class RunSummary:
     failed_steps: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)
     registered: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # step key -> wall seconds (summed over runs)
 
     def lines(self, tracking_uri: str | None = None) -> list[str]:
         """The summary as console lines."""
@@ -46,6 +47,8 @@ class RunSummary:
                 out.append(f"    {asset}[{partition}]: {shown}")
         if self.evaluation:
             out.append("  evaluation: " + ", ".join(f"{k} {_fmt(v)}" for k, v in self.evaluation.items()))
+        if self.seconds:
+            out.append("  time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()))
         if self.registered:
             r = self.registered
             state = "became champion" if r.get("promoted") else "not champion"
@@ -80,10 +83,17 @@ def summarize_runs(instance: dg.DagsterInstance, run_ids: Iterable[str]) -> RunS
     """Gather the summary of ``run_ids`` (later materialisations of a key win)."""
     summary = RunSummary()
     for run_id in run_ids:
+        started: dict[str, float] = {}
         for record in instance.all_logs(run_id):
             event = record.dagster_event
             if event is None:
                 continue
+            if event.event_type == dg.DagsterEventType.STEP_START and event.step_key:
+                started[event.step_key] = record.timestamp
+            elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) \
+                    and event.step_key in started:
+                key = event.step_key
+                summary.seconds[key] = summary.seconds.get(key, 0.0) + record.timestamp - started.pop(key)
             if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 _materialization(summary, event.event_specific_data.materialization)
             elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:

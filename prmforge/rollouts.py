@@ -122,6 +122,7 @@ class RolloutRun:
             "pass_at_n": float(st[f"pass@{n}"]), "n": n, "truncation_rate": float(st["truncation_rate"]),
             "finish_reasons": st["finish_reasons"], "skipped_prompts": st["skipped_prompts"],
             "skipped_rollouts": st["skipped_rollouts"],
+            "steps_per_solution": round(float(st["steps_per_solution"]), 3),
             **({"skipped": st["skip_message"]} if st["skip_message"] else {}),
             "shards_total": self.shards_total, "shards_reused": self.shards_reused,
             "shards_computed": self.shards_computed,
@@ -223,6 +224,13 @@ def skip_summary(table: pa.Table) -> dict:
             "message": f"{len(pids)} prompts skipped ({len(reasons)} rollouts): " + "; ".join(kinds)}
 
 
+def _mean_steps(table: pa.Table) -> float:
+    """Mean steps per solution over the rollouts that ran (skipped prompts left out)."""
+    ran = [len(s or []) for s, r in zip(table.column("steps").to_pylist(), table.column("finish_reason").to_pylist(),
+                                         strict=True) if r != "skipped"]
+    return sum(ran) / len(ran) if ran else 0.0
+
+
 def summarize(table: pa.Table, n: int) -> dict:
     """Accuracy, pass@n, truncation, finish-reason and skip counts of a rollout table.
 
@@ -233,7 +241,7 @@ def summarize(table: pa.Table, n: int) -> dict:
     if rows == 0:
         return {"rollouts": 0, "problems": 0, "accuracy": 0.0, f"pass@{n}": 0.0, "truncation_rate": 0.0,
                 "finish_reasons": {}, "empty_steps": 0, "skipped_rollouts": 0, "skipped_prompts": 0,
-                "skip_reasons": {}, "skip_message": "", "usable_rollouts": 0}
+                "skip_reasons": {}, "skip_message": "", "usable_rollouts": 0, "steps_per_solution": 0.0}
     pids = table.column("problem_id").to_pylist()
     correct = table.column("correct").to_pylist()
     solved: dict[str, bool] = {}
@@ -258,6 +266,7 @@ def summarize(table: pa.Table, n: int) -> dict:
         "skip_reasons": skips["skip_reasons"],
         "skip_message": skips["message"],
         "usable_rollouts": rows - skips["skipped_rollouts"] - empty,
+        "steps_per_solution": _mean_steps(table),
         "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
     }
 

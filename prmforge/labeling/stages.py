@@ -350,7 +350,8 @@ class ConsensusRun:
         """Everything but the TRL URL (``trl_url``), which the asset shows as a link."""
         res, report = self.result, self.audit
         out: dict[str, Any] = {
-            "rows": self.table.num_rows, "kept_share": round(res.kept_share, 4), "rollouts": res.total,
+            "rows": self.table.num_rows, "kept": res.kept, "kept_share": round(res.kept_share, 4),
+            "rollouts": res.total,
             "disagreements": res.breakdown, "judge_status": res.judge_status,
             "mc_mode": self.modes, "k": self.ks, "judge": self.judge, "audit": report.as_dict(),
         }
