@@ -24,7 +24,8 @@ from resources.engine import EngineResource
 from resources.storage import StorageResource
 
 PART = "gsm8k-long"
-MAX_TOKENS = 96  # the tiny profile's policy_rollouts.max_tokens
+MAX_TOKENS = 24  # policy_rollouts.max_tokens (run config)
+MC_TOKENS = 8  # mc_step_labels.max_tokens: a prompt that fits, its steps and an MC continuation fit too
 
 
 def _seed(shared_data: Path, n: int) -> pa.Table:
@@ -47,7 +48,12 @@ def test_long_real_prompts_are_skipped_and_counted(shared_data: Path, local_root
     probe = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path / "probe", layers=1))
     lengths = sorted(len(probe(INSTRUCT_TEMPLATE.replace("{problem}", p))["input_ids"])
                      for p in seed.column("problem").to_pylist())
-    context = lengths[len(lengths) // 2] + MAX_TOKENS  # about half the real prompts do not fit
+    # about half the real prompts do not fit; none lies so close to the limit that a rollout fits and
+    # its MC continuation (prompt + steps + MC_TOKENS) does not
+    # (a random model's steps can re-tokenise longer than it generated them: twice MAX_TOKENS of room)
+    k = next(i for i in range(len(lengths) // 2, len(lengths) - 1)
+             if lengths[i + 1] - lengths[i] > MAX_TOKENS + MC_TOKENS)
+    context = lengths[k] + 2 * MAX_TOKENS + MC_TOKENS
     too_long = sum(n + MAX_TOKENS > context for n in lengths)
     assert 0 < too_long < len(lengths)
     model = str(build_tiny_llama(tmp_path / "policy", layers=1, max_position_embeddings=context))
@@ -60,6 +66,8 @@ def test_long_real_prompts_are_skipped_and_counted(shared_data: Path, local_root
         [AssetSpec("seed_problems", partitions_def=dataset_partitions), policy_rollouts, mc_step_labels,
          judge_step_labels, consensus_labels],
         partition_key=PART, instance=instance, raise_on_error=False,
+        run_config={"ops": {"policy_rollouts": {"config": {"max_tokens": MAX_TOKENS}},
+                            "mc_step_labels": {"config": {"max_tokens": MC_TOKENS}}}},
         resources=build_resources(storage=StorageResource(root=local_root),
                                   policy_engine=EngineResource(model=model, device="cpu", batch_size=32)))
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
@@ -76,7 +84,7 @@ def test_long_real_prompts_are_skipped_and_counted(shared_data: Path, local_root
     assert len(skipped) == 2 * too_long
     for r in rollouts:
         if r["rollout_id"] in skipped:
-            assert r["steps"] == [] and r["error"] is None and "prompt tokens + max_tokens 96" in r["skip_reason"]
+            assert r["steps"] == [] and r["error"] is None and f"prompt tokens + max_tokens {MAX_TOKENS}" in r["skip_reason"]
         else:
             assert r["skip_reason"] is None
     meta = {k: v.value for k, v in res.asset_materializations_for_node("policy_rollouts")[0].metadata.items()}
