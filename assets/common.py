@@ -47,12 +47,17 @@ def upstream_metadata(context: AssetExecutionContext, asset: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
-def upstream_uri(context: AssetExecutionContext, asset: str) -> str:
-    """The ``uri`` metadata entry of the latest materialisation of ``asset``."""
+def upstream_uri(context: AssetExecutionContext, asset: str, storage: Any) -> str:
+    """The ``uri`` metadata entry of the latest materialisation of ``asset``, as a full URL.
+
+    Stages record model locations relative to the storage root (``models/policy/<hash>``), so a
+    data home copied or mounted elsewhere resolves them under its own root (``storage``: the
+    ``StorageResource``).
+    """
     meta = upstream_metadata(context, asset)
     if "uri" not in meta:
         raise RuntimeError(f"latest materialisation of {asset} has no 'uri' metadata")
-    return str(meta["uri"])
+    return storage.get().resolve(str(meta["uri"]))
 
 
 def metadata_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -104,3 +109,13 @@ def table_data_version(table: pa.Table) -> DataVersion:
     with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), normalised.schema) as writer:
         writer.write_table(normalised)
     return DataVersion(sink.digest.hexdigest()[:32])
+
+
+def mlflow_run_metadata(mlflow: Any, run_id: str) -> dict[str, Any]:
+    """``mlflow_run_id`` and a link to the run in the MLflow UI (``MLflowResource.ui_url``)."""
+    out: dict[str, Any] = {"mlflow_run_id": run_id}
+    try:
+        out["mlflow_run"] = MetadataValue.url(mlflow.run_url(run_id))
+    except Exception:  # noqa: BLE001 - the link is a convenience; the id is always there
+        pass
+    return out

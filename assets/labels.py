@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from assets.common import check_result, metadata_values, table_data_version, upstream_uri
+from assets.common import check_result, metadata_values, mlflow_run_metadata, table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
 from prmforge.contracts.datasets import consensus_contract, judge_contract, mc_contract, trl_contract
@@ -68,7 +68,7 @@ def _log_mlflow(context: AssetExecutionContext, mlflow: MLflowResource, stage: s
             import mlflow as mlf
 
             mlf.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-            return {"mlflow_run_id": run.info.run_id}
+            return mlflow_run_metadata(mlflow, run.info.run_id)
     except Exception as exc:  # noqa: BLE001
         context.log.warning(f"MLflow logging failed for {stage}: {type(exc).__name__}: {exc}")
         return {"mlflow_error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -105,7 +105,7 @@ def mc_step_labels(
     s = settings.stage(MC, config)
     partition = context.partition_key
     bootstrap = not policy_engine.model  # empty: the bootstrap policy of policy_model
-    model = policy_engine.model or upstream_uri(context, "policy_model")
+    model = policy_engine.model or upstream_uri(context, "policy_model", storage)
 
     def progress(p: Progress) -> None:
         context.log.info(f"{MC}/{partition}: shard {p.shards_done}/{p.shards_total}, rollouts "
@@ -202,7 +202,8 @@ def consensus_labels(
         context.log.warning(f"label audit target missed on {partition}: {run.audit.why_missed}")
     tracked = _log_mlflow(context, mlflow, CONSENSUS, run.params(partition), run.metrics)
     yield Output(run.table, data_version=table_data_version(run.table),
-                 metadata=metadata_values({**run.metadata(), "trl_export": MetadataValue.url(run.trl_url), **tracked}))
+                 metadata=metadata_values({**run.metadata(), "trl_export": MetadataValue.path(storage.get().ref(run.trl_url)),
+                                           **tracked}))
     for outcome in run.checks():
         yield check_result(CONSENSUS, outcome)
     ks = sorted(set(mc_step_labels.column("k").to_pylist()))

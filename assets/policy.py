@@ -33,7 +33,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.common import check_result, table_data_version, upstream_metadata, upstream_uri
+from assets.common import (
+    check_result,
+    mlflow_run_metadata,
+    table_data_version,
+    upstream_metadata,
+    upstream_uri,
+)
 from pipelines.automation import REMOTE_RETRY, build_if_missing
 from prmforge.checks import model_folder_outcome
 from prmforge.policy import PolicySettings
@@ -64,14 +70,14 @@ def _find_run(mlflow: MLflowResource, config_hash: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _log_mlflow(mlflow: MLflowResource, build: PolicyBuild) -> str:
+def _log_mlflow(mlflow: MLflowResource, build: PolicyBuild, ref: str) -> str:
     """One MLflow run per trained policy: params, training curve, calibration."""
     import mlflow as mlf
 
     cal = build.calibration
     with mlflow.start_run(run_name=f"policy-{build.config_hash}", tags={"prmforge.stage": "policy",
                                                                   "prmforge.policy_hash": build.config_hash}) as run:
-        mlflow.log_params({**build.info["settings"], "config_hash": build.config_hash, "uri": build.uri,
+        mlflow.log_params({**build.info["settings"], "config_hash": build.config_hash, "uri": ref,
                            "num_parameters": build.info["num_parameters"]})
         for step, loss in build.info["curve"]:
             mlf.log_metric("train_loss", float(loss), step=int(step))
@@ -150,11 +156,11 @@ def _train_or_reuse(context: AssetExecutionContext, asset_name: str, ps: PolicyS
     cal = build.calibration
     run_id = _find_run(mlflow, build.config_hash) if build.reused else None
     if run_id is None:
-        run_id = _log_mlflow(mlflow, build)
+        run_id = _log_mlflow(mlflow, build, storage.get().ref(build.uri))
     context.log.info(f"policy {build.config_hash}: {cal.summary()}")
     meta: dict[str, Any] = {
-        **build.metadata(ps), "profile": settings.profile,
-        "calib_first_error_histogram": MetadataValue.md(cal.histogram_markdown()), "mlflow_run_id": run_id,
+        **build.metadata(ps), "uri": storage.get().ref(build.uri), "profile": settings.profile,
+        "calib_first_error_histogram": MetadataValue.md(cal.histogram_markdown()), **mlflow_run_metadata(mlflow, run_id),
     }
     return MaterializeResult(
         metadata=meta,
@@ -183,11 +189,12 @@ def world_benchmark(
     context: AssetExecutionContext,
     config: WorldBenchmarkConfig,
     settings: SettingsResource,
+    storage: StorageResource,
 ) -> Iterator[Any]:
     """Sample the policy on held-out problems, label with the oracle, balance the classes."""
     from prmforge.policy.sample import policy_engine
 
-    uri = upstream_uri(context, "policy_model")
+    uri = upstream_uri(context, "policy_model", storage)
     difficulty = str(upstream_metadata(context, "policy_model").get("difficulty") or "easy")
     bs = settings.stage("world_benchmark", config)
     ps = settings.stage("policy_model")

@@ -29,9 +29,15 @@ from dagster import (
     asset,
 )
 
-from assets.common import check_result, metadata_values, table_data_version, upstream_metadata, upstream_uri
+from assets.common import (
+    check_result,
+    metadata_values,
+    mlflow_run_metadata,
+    table_data_version,
+    upstream_metadata,
+    upstream_uri,
+)
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, TRAIN_OP_TAGS, on_new_data, retrain_condition
-from prmforge.checks import model_folder_outcome, training_outcomes
 from prmforge.contracts.datasets import step_scores_contract
 from prmforge.prm.metrics import STEP_SCORES
 from prmforge.prm.registry import registered_parity_outcome
@@ -97,8 +103,8 @@ def _mlflow_run(context: AssetExecutionContext, mlflow: MLflowResource, name: st
     cm.__exit__(None, None, None)
 
 
-def _base_model(context: AssetExecutionContext, s: PRMTrainSettings) -> str:
-    return upstream_uri(context, "prm_base_model") if s.base_model == "policy" else s.base_model
+def _base_model(context: AssetExecutionContext, s: PRMTrainSettings, storage: StorageResource) -> str:
+    return upstream_uri(context, "prm_base_model", storage) if s.base_model == "policy" else s.base_model
 
 
 @asset(
@@ -142,7 +148,7 @@ def prm_model(
                       "widen the selection", allow_retries=False)
     data_version = table_data_version(pa.Table.from_pylist(rows, schema=consensus_labels.schema)).value
     label_versions = partition_data_versions(context, "consensus_labels")
-    base = _base_model(context, s)
+    base = _base_model(context, s, storage)
     store = storage.get()
     with _mlflow_run(context, mlflow, PRM_MODEL, {"stage": PRM_MODEL}) as run:
         mlflow.log_params({**s.model_dump(), "base_model_uri": base, "rows": len(rows),
@@ -156,6 +162,7 @@ def prm_model(
         result = fit_prm(rows, s, base, storage=store, data_version=data_version, log_fn=log_fn,
                          log=context.log.info)
         with tempfile.TemporaryDirectory() as tmp:
+            result.model.config.base_model = store.ref(base)  # prm_config.json records no machine path
             folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
             uri = store.put_dir(folder, "models", "prm", result.run_key)
             mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
@@ -164,14 +171,12 @@ def prm_model(
     if result.stats.steps_truncated:
         context.log.warning(f"{result.stats.steps_truncated} trailing steps dropped by truncation at "
                             f"max_length={result.model.config.max_length} (counted, never mislabelled)")
-    stats = result.stats
-    checks = [*training_outcomes(result.train.history, result.train.final_loss, len(rows), stats.examples_in,
-                                 stats.examples_kept, stats.rejected), model_folder_outcome(uri)]
-    return MaterializeResult(check_results=[check_result(PRM_MODEL, c) for c in checks], metadata=metadata_values({
-        "uri": MetadataValue.path(uri), "base_model": base, "rows": len(rows),
+    checks = [check_result(PRM_MODEL, c) for c in result.checks(len(rows), uri)]
+    return MaterializeResult(check_results=checks, metadata=metadata_values({
+        "uri": MetadataValue.path(store.ref(uri)), "base_model": store.ref(base), "rows": len(rows),
         "data_version_consensus_labels": data_version, "data_versions_consensus_labels": label_versions,
         **result.metadata(), "num_workers": s.num_workers, "settings": s.model_dump(),
-        "mlflow_run_id": run.info.run_id,
+        **mlflow_run_metadata(mlflow, run.info.run_id),
     }))
 
 
@@ -205,11 +210,11 @@ def prm_evaluation(
 
     s = settings.stage(PRM_EVALUATION, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
-    model, tok = ProcessRewardModel.load(str(prm_meta["uri"]))
+    model, tok = ProcessRewardModel.load(upstream_uri(context, PRM_MODEL, storage))
     store = storage.get()
     world = store.read_dataset("world_benchmark") if store.dataset_exists("world_benchmark") else None
     try:
-        bon_engine = policy_engine.config(policy_engine.model or upstream_uri(context, "policy_model"))
+        bon_engine = policy_engine.config(policy_engine.model or upstream_uri(context, "policy_model", storage))
     except RuntimeError as exc:
         context.log.warning(f"no policy for Best-of-N: {exc}")
         bon_engine = None
@@ -232,8 +237,8 @@ def prm_evaluation(
         "bon_curve": MetadataValue.json({str(n): c for n, c in rep.curve.items()}),
         "prm_uri": MetadataValue.path(str(prm_meta["uri"])),
         **rep.targets(),
-        "mlflow_run_id": run.info.run_id,
-        "step_scores": MetadataValue.path(store.write_dataset(STEP_SCORES, rep.step_scores)),
+        **mlflow_run_metadata(mlflow, run.info.run_id),
+        "step_scores": MetadataValue.path(store.ref(store.write_dataset(STEP_SCORES, rep.step_scores))),
     }, check_results=[_steps_scored_check(rep, s.max_unscored_share),
                       quality.check(step_scores_contract(s.max_unscored_share, rep.samples_per_subset),
                                     rep.step_scores)])
@@ -273,6 +278,7 @@ def registered_prm(
     context: AssetExecutionContext,
     config: RegisteredPRMConfig,
     settings: SettingsResource,
+    storage: StorageResource,
     mlflow: MLflowResource,
 ) -> MaterializeResult:
     import mlflow as mlf
@@ -290,7 +296,7 @@ def registered_prm(
     versions = {a: partition_data_versions(context, a)
                 for a in ("seed_problems", "policy_rollouts", "consensus_labels")}
     lineage = lineage_tags(prm_meta, versions, s.model_dump(), context.run.run_id)
-    local = resolve_model_dir(str(prm_meta["uri"]))
+    local = resolve_model_dir(upstream_uri(context, PRM_MODEL, storage))
     mlf.set_tracking_uri(mlflow.tracking_uri)
     run_id = str(prm_meta.get("mlflow_run_id") or "") or None
     if run_id:

@@ -80,7 +80,7 @@ def policy_rollouts(
     partition = context.partition_key
     rs = settings.stage(DATASET, config)
     bootstrap = not policy_engine.model
-    model = policy_engine.model or upstream_uri(context, "policy_model")
+    model = policy_engine.model or upstream_uri(context, "policy_model", storage)
     engine_cfg = policy_engine.config(model_override=model)
     chat = chat_wrapper(model, policy_engine.trust_remote_code) if rs.chat_template else None
     context.log.info(f"{partition}: {seed_problems.num_rows} problems x n={rs.n} with {engine_cfg.backend} "

@@ -71,6 +71,11 @@ def enforce_schema(table: pa.Table, schema: pa.Schema, dataset: str) -> pa.Table
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+# Top-level folders of a storage root: a relative reference starting with one of these is
+# a stored object; anything else without a scheme (``Qwen/Qwen2.5-Math-1.5B``) is a hub id.
+STORED_PREFIXES = ("models/", "datasets/", "checkpoints/", "shards/", "incoming/", "mlflow/")
+
+
 @dataclass
 class Storage:
     """A storage root plus the fsspec filesystem that reaches it."""
@@ -150,6 +155,23 @@ class Storage:
             return self.fs.exists(path)
         except Exception as exc:
             raise StorageError(f"could not reach {self._show(path)}: {type(exc).__name__}: {exc}") from exc
+
+    def ref(self, uri: str) -> str:
+        """``uri`` relative to the storage root when it lies under it (else unchanged).
+
+        What stages record (Dagster metadata, MLflow tags, ``prm_config.json``):
+        a data home copied or mounted elsewhere keeps resolving its own models.
+        """
+        for prefix in (self.url() + "/", self.base + "/"):
+            if uri.startswith(prefix):
+                return uri[len(prefix):]
+        return uri
+
+    def resolve(self, ref: str) -> str:
+        """The full URL of a storage-relative ``ref``; URLs, absolute paths and hub ids pass unchanged."""
+        if "://" in ref or ref.startswith(("/", "~", ".")) or not ref.startswith(STORED_PREFIXES):
+            return ref
+        return self.url(*ref.split("/"))
 
     def _show(self, path: str) -> str:
         return f"file://{path}" if self.protocol == "file" else f"s3://{path}"

@@ -134,8 +134,8 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
 
     # TRL export beside the dataset, loadable with `datasets`
     datasets = pytest.importorskip("datasets")
-    url = md["trl_export"]
-    assert url.endswith("/datasets/consensus_labels_trl/world-tiny/data.parquet")
+    assert md["trl_export"] == "datasets/consensus_labels_trl/world-tiny/data.parquet"
+    url = storage.resolve(md["trl_export"])
     ds = datasets.load_dataset("parquet", data_files=url.removeprefix("file://"), split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
     assert ds.num_rows == 8 and set(ds.column_names) == {"prompt", "completions", "labels"}
@@ -199,7 +199,8 @@ def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: py
     assert not kept.passed and kept.severity.value == "WARN"
     # the TRL export sits beside the dataset under the same root
     md = {k: v.value for k, v in result.asset_materializations_for_node("consensus_labels")[0].metadata.items()}
-    assert md["trl_export"] == storage.url("datasets", "consensus_labels_trl", PARTITION, "data.parquet")
+    assert storage.resolve(md["trl_export"]) == storage.url("datasets", "consensus_labels_trl", PARTITION,
+                                                            "data.parquet")
     assert storage.exists(storage.path("datasets", "consensus_labels_trl", PARTITION, "data.parquet"))
 
 

@@ -38,8 +38,8 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     assert first.success
     meta = _meta(instance, "policy_model")
     # not in this root yet: trained here, or copied from the session's policy cache (PRMFORGE_POLICY_CACHE)
-    assert meta["reused"] is False and meta["uri"].startswith("s3://")
-    assert meta["uri"].endswith(f"models/policy/{meta['config_hash']}")
+    # recorded relative to the storage root, so a moved or re-mounted data home still finds it
+    assert meta["reused"] is False and meta["uri"] == f"models/policy/{meta['config_hash']}"
     assert 0.0 <= meta["calib_accuracy"] <= 1.0 and "first wrong step" in meta["calib_first_error_histogram"]
     assert "calibration_in_band" in _checks(first)  # WARN check ran
     storage = Storage(s3_root)
@@ -57,7 +57,7 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     assert not train_texts & set(table.column("problem").to_pylist())
 
     # loadable from the stored URI in a fresh process, no custom code
-    local = str(resolve_model_dir(meta["uri"]))
+    local = str(resolve_model_dir(storage.resolve(meta["uri"])))
     code = ("from transformers import AutoModelForCausalLM, AutoTokenizer;"
             f"AutoTokenizer.from_pretrained({local!r});"
             f"m = AutoModelForCausalLM.from_pretrained({local!r}); print(type(m).__name__)")

@@ -18,6 +18,7 @@ from prm_helpers import CORPUS, world_rows
 from assets.partitions import dataset_partitions
 from assets.prm import prm_evaluation, prm_model, registered_prm
 from prmforge.labeling.consensus import CONSENSUS_SCHEMA
+from prmforge.storage import Storage
 from resources import build_resources
 from resources.storage import StorageResource
 
@@ -85,8 +86,9 @@ def test_prm_assets_materialise(local_root: str, tmp_path: Path) -> None:
 
     m = meta("prm_model")
     assert m["rows"] == len(LABELS_A) + len(LABELS_B)  # both partitions concatenated
-    assert str(m["uri"]).startswith("file://") and "/models/prm/" in str(m["uri"])
-    model, tok = ProcessRewardModel.load(str(m["uri"]))
+    assert str(m["uri"]).startswith("models/prm/")  # relative to the storage root: the home can move
+    assert not str(m["base_model"]).startswith(("/", "file:"))
+    model, tok = ProcessRewardModel.load(Storage(local_root).resolve(str(m["uri"])))
     assert len(score_steps(model, tok, [("Tom has 3 apples.", ["3 + 4 = 7"])])[0]) == 1
 
     e = meta("prm_evaluation")
@@ -149,7 +151,7 @@ def test_prm_model_launches_two_ddp_workers_equal_to_one_process(local_root: str
         meta = {k: v.value for k, v in res.asset_materializations_for_node("prm_model")[0].metadata.items()}
         assert meta["num_workers"] == workers and meta["train_steps"] == 3
         metas.append(meta)
-        models.append(ProcessRewardModel.load(str(meta["uri"]))[0])
+        models.append(ProcessRewardModel.load(Storage(local_root).resolve(str(meta["uri"])))[0])
     # Two gloo ranks sum the gradient in another order than one process; Adam divides by sqrt(v) + eps, so
     # near-zero gradients carry that rounding into the update (measured: 1.03e-5 on head.2.weight, whose
     # entries reach 0.055; every other tensor <= 1.2e-7).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prmforge.checks import CheckOutcome, model_folder_outcome, training_outcomes
 from prmforge.engines.factory import EngineConfig
 from prmforge.prm.benchmarks import load_source
 from prmforge.prm.data import EncodeStats, encode_dataset
@@ -53,6 +54,12 @@ class FitResult:
     stats: EncodeStats
     train: TrainResult
     run_key: str
+
+    def checks(self, rows: int, uri: str) -> list[CheckOutcome]:
+        """``training_sane``, ``loss_decreased`` and ``model_complete`` of the stored model at ``uri``."""
+        s = self.stats
+        return [*training_outcomes(self.train.history, self.train.final_loss, rows, s.examples_in,
+                                   s.examples_kept, s.rejected), model_folder_outcome(uri)]
 
     def metadata(self) -> dict[str, object]:
         """Encoding and training figures of the ``prm_model`` materialisation (plain values)."""
