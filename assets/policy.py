@@ -42,11 +42,13 @@ from assets.common import (
 )
 from pipelines.automation import REMOTE_RETRY, build_if_missing
 from prmforge.checks import model_folder_outcome
+from prmforge.contracts.datasets import world_benchmark_contract
 from prmforge.policy import PolicySettings
 from prmforge.policy.benchmark import build_world_benchmark
 from prmforge.policy.calibration import ACCURACY_BAND, MIN_KIND_SHARE
 from prmforge.policy.store import PolicyBuild, ensure_policy
 from resources.mlflow import MLflowResource
+from resources.quality import QualityResource
 from resources.settings import SettingsResource, stage_config
 from resources.storage import StorageResource
 
@@ -180,7 +182,9 @@ def _train_or_reuse(context: AssetExecutionContext, asset_name: str, ps: PolicyS
     retry_policy=REMOTE_RETRY,
     deps=[AssetKey("policy_model")],
     check_specs=[AssetCheckSpec("benchmark_usable", asset="world_benchmark", blocking=True,
-                                description="enough fully correct and erroneous samples to evaluate a PRM")],
+                                description="enough fully correct and erroneous samples to evaluate a PRM"),
+                 AssetCheckSpec("world_benchmark_contract", asset="world_benchmark", blocking=True,
+                                description="GX: ids unique, oracle labels inside the steps, error kinds known")],
     description="Held-out world benchmark in ProcessBench format (id, problem, steps, label, "
     "final_answer_correct, problem_id, error_kind, answer, predicted, meta), labelled by the oracle. "
     "Path: <root>/datasets/world_benchmark/data.parquet",
@@ -190,6 +194,7 @@ def world_benchmark(
     config: WorldBenchmarkConfig,
     settings: SettingsResource,
     storage: StorageResource,
+    quality: QualityResource,
 ) -> Iterator[Any]:
     """Sample the policy on held-out problems, label with the oracle, balance the classes."""
     from prmforge.policy.sample import policy_engine
@@ -211,10 +216,11 @@ def world_benchmark(
             "error_kinds": MetadataValue.json(summary["error_kinds"]),
             "problems": summary["problems"],
             "sampled": summary["sampled"],
-            "policy_uri": uri,
+            "policy_uri": storage.get().ref(uri),
         },
         data_version=table_data_version(table),
     )
+    yield quality.check(world_benchmark_contract(), table)
     ok = min(summary["correct"], summary["erroneous"]) >= config.min_per_class
     yield AssetCheckResult(
         check_name="benchmark_usable", passed=ok,

@@ -79,3 +79,50 @@ def _reset_tracking():
     import mlflow
 
     mlflow.set_tracking_uri("")
+
+
+def test_a_finished_home_copied_elsewhere_registers_a_new_champion(tmp_path: Path, monkeypatch) -> None:
+    """The whole tiny pipeline in one home; the home is copied, the original deleted, and the PRM stages
+    run again from the copy: they find their inputs under the new root and a new champion is registered."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from pipelines import cli
+
+    old, new = tmp_path / "old-home", tmp_path / "new-home"
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text("datasets:\n  world-demo: {source: world, adapter: world}\n")
+    monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
+    monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")
+
+    def use(home: Path) -> None:
+        monkeypatch.setenv("PRMFORGE_HOME", str(home))
+        monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+
+    use(old)
+    assert cli.main(["run", "--profile", "tiny", "--partitions", "world-demo"]) == 0
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+
+    use(new)  # a new shell on the new home: a new process
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--profile", "tiny", "--partitions",
+                          "world-demo", "--select", "key:prm_model+"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=1200,
+                         # mlflow.set_tracking_uri in this process exported the old store; a new shell has none
+                         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "became champion" in out.stdout, out.stdout[-2000:]
+    uri = f"sqlite:///{new / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("prmforge-prm", "champion")
+    assert str(champion.version) == "2", champion
+    assert "artifacts are unreachable" in out.stdout
+    assert not old.exists()
+    # Nothing the second run wrote names the old home.
+    for root, _, files in os.walk(new / "storage" / "models"):
+        for name in files:
+            if name.endswith(".json"):
+                assert str(old) not in (Path(root) / name).read_text(encoding="utf-8"), name

@@ -48,7 +48,7 @@ def test_policy_and_benchmark_materialise_then_reuse(s3_root):
     # the benchmark table: declared schema, oracle labels, disjoint from training problems
     table = storage.read_dataset("world_benchmark")
     assert table.schema.equals(WORLD_BENCHMARK)
-    assert _checks(first)["benchmark_usable"] is True
+    assert _checks(first)["benchmark_usable"] is True and _checks(first)["world_benchmark_contract"] is True
     for row in table.to_pylist():
         v = oracle_first_error(row["meta"], row["steps"])
         assert (v.first_error, v.kind) == (row["label"], row["error_kind"])

@@ -71,6 +71,26 @@ def dropped_contract() -> Contract:
                     describe=("kind is duplicate or contaminated", "names what it matched"))
 
 
+def world_benchmark_contract() -> Contract:
+    """``world_benchmark``: ids unique, oracle labels inside the steps, error kinds known."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"n_steps": list_len(t, "steps")}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToBeUnique(column="id"),
+            e.ExpectColumnValuesToBeBetween(column="label", min_value=-1),
+            e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="label"),
+            e.ExpectColumnValuesToBeInSet(column="error_kind", value_set=["arithmetic", "logic", "format"]),
+            e.ExpectColumnValueLengthsToBeBetween(column="problem", min_value=1),
+        ]
+
+    return Contract("world_benchmark_contract", "world_benchmark", expectations, derive, (
+        "id unique", "label in [-1, steps)", "error_kind arithmetic, logic, format or null",
+    ))
+
+
 def rollouts_contract(n: int, upstream_problems: int | None, max_error_share: float,
                       mean_steps: tuple[float, float]) -> Contract:
     """``policy_rollouts``: N samples per problem, engine failures and step counts within bounds."""
