@@ -312,6 +312,6 @@ def registered_prm(
     return MaterializeResult(check_results=[check_result(REGISTERED_PRM, parity)], metadata={
         **decision.as_metadata(),
         "model_name": s.model_name,
-        "model_uri": f"models:/{s.model_name}/{decision.version}",
+        "model_uri": f"models:/{s.model_name}/{decision.version}", **mlflow_run_metadata(mlflow, info.run_id),
         "lineage": MetadataValue.json(lineage),
     })
