@@ -49,6 +49,7 @@ class PRMConfig:
     surprisal: bool = False  # head also reads the backbone LM's per-step token log-prob statistics
     head_hidden: int = 0  # 0: linear head; N: one hidden layer of N units
     surprisal_reference: bool = False  # surprisal from a frozen copy of the base LM (saved in reference/)
+    head_act: Literal["gelu", "relu"] = "gelu"  # relu + head_hidden == hidden size: the standard (Qwen2 PRM) head
 
 
 def format_prompt(problem: str, prompt_format: str = "world") -> str:
@@ -171,7 +172,8 @@ class ProcessRewardModel(nn.Module):
         n_out = 2 if config.head == "two_class" else 1
         gen = torch.Generator().manual_seed(seed)
         if config.head_hidden:
-            self.head = nn.Sequential(nn.Linear(n_in, config.head_hidden), nn.GELU(),
+            act = nn.ReLU() if config.head_act == "relu" else nn.GELU()
+            self.head = nn.Sequential(nn.Linear(n_in, config.head_hidden), act,
                                       nn.Linear(config.head_hidden, n_out))
         else:
             self.head = nn.Sequential(nn.Linear(n_in, n_out))
@@ -272,14 +274,24 @@ def init_step_embedding(tokenizer, backbone: nn.Module, step_token_id: int, like
 def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | None = None, seed: int = 0,
               prompt_format: str = "world", trust_remote_code: bool = False,
               step_token_init: str | None = None, surprisal: bool = False,
-              head_hidden: int = 0, surprisal_reference: bool = False) -> tuple[ProcessRewardModel, object]:
+              head_hidden: int = 0, surprisal_reference: bool = False,
+              standard: bool = False) -> tuple[ProcessRewardModel, object]:
     """A fresh PRM on ``base_model``: the step token is added if the tokenizer lacks it.
+
+    ``standard``: the head vLLM and transformers serve without custom code
+    (``Qwen2ForProcessRewardModel``: Linear(h, h) -> ReLU -> Linear(h, 2) on the final
+    hidden state, no surprisal features), so the PRM can be exported by
+    :func:`prmforge.prm.export.export_qwen2_prm`; overrides head, surprisal and head_hidden.
 
     ``step_token_init``: text whose (single-token) embedding the step token starts from
     (see :func:`init_step_embedding`); None keeps the backbone's own.
     """
     torch.manual_seed(seed)
+    if standard:
+        head, surprisal, surprisal_reference = "two_class", False, False
     backbone, tok = load_backbone(base_model, trust_remote_code, causal_lm=surprisal)
+    if standard:
+        head_hidden = int(backbone.config.hidden_size)
     tid = ensure_step_token(tok, backbone)
     init_step_embedding(tok, backbone, tid, step_token_init)
     reference = None
@@ -294,7 +306,8 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | N
     cfg = PRMConfig(head=head, step_token=STEP_TOKEN, step_token_id=tid, max_length=max_length,
                     prompt_format=prompt_format, base_model=base_model,  # type: ignore[arg-type]
                     surprisal=surprisal, head_hidden=head_hidden,
-                    surprisal_reference=surprisal and surprisal_reference)
+                    surprisal_reference=surprisal and surprisal_reference,
+                    head_act="relu" if standard else "gelu")
     return ProcessRewardModel(backbone, cfg, seed=seed, reference=reference), tok
 
 

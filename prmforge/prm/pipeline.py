@@ -103,7 +103,7 @@ def fit(
     model, tok = build_prm(base_model, head=s.head, max_length=s.max_length, seed=s.seed,
                            trust_remote_code=s.trust_remote_code, step_token_init=s.step_token_init,
                            surprisal=s.surprisal, head_hidden=s.head_hidden,
-                           surprisal_reference=s.surprisal_reference)
+                           surprisal_reference=s.surprisal_reference, standard=s.head_kind == "standard")
     examples, stats = encode_dataset(tok, rows, model.config.step_token_id, model.config.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None

@@ -19,6 +19,11 @@ class PRMTrainSettings(StageSettings):
     base_model: str = Field("policy", description="'policy' (the prm_base_model asset: the policy, or a stronger "
                             "sibling when the profile's prm_base_model stage says so), a hub id, local path or URI")
     datasets: list[str] | None = Field(None, description="dataset partitions to train on; None = all")
+    head_kind: Literal["surprisal", "standard"] = Field(
+        "surprisal", description="surprisal: this project's head (hidden state + LM surprisal features, see "
+        "surprisal/head_hidden); standard: the Qwen2ForProcessRewardModel head (Linear(h,h) -> ReLU -> "
+        "Linear(h,2)), exported with the registered PRM in a layout vLLM serves when the base is Qwen2; "
+        "overrides head, surprisal and head_hidden")
     head: Literal["two_class", "scalar"] = Field("two_class", description="two_class: right/wrong logits per "
                                                  "step; scalar: one score per step")
     loss: Literal["ce", "bce", "mse"] = Field("ce", description="loss on the step labels")

@@ -23,10 +23,11 @@ def build_tiny_backbone(
     vocab_size: int = 300,
     max_positions: int = 512,
     seed: int = 0,
+    arch: str = "llama",
 ) -> Path:
-    """Write a random Llama causal LM and a byte-level BPE tokenizer to ``folder``."""
+    """Write a random causal LM (``arch``: llama or qwen2) and a byte-level BPE tokenizer to ``folder``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,8 @@ def build_tiny_backbone(
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>")
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    cfg = config_cls(vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_positions, pad_token_id=fast.pad_token_id,
                       eos_token_id=fast.eos_token_id, bos_token_id=None, tie_word_embeddings=True)
