@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - only before the tokenizer module lands
 HEAD_FILE = "prm_head.safetensors"
 REFERENCE_DIR = "reference"
 CONFIG_FILE = "prm_config.json"
+EXPORT_DIR = "qwen2_prm"  # the same PRM as Qwen2ForProcessRewardModel (standard head on a Qwen2 base only)
 
 HeadKind = Literal["two_class", "scalar"]
 
@@ -218,7 +219,12 @@ class ProcessRewardModel(nn.Module):
 
     # ---- persistence -------------------------------------------------------
     def save(self, folder: str | Path, tokenizer) -> Path:
-        """Write the HF backbone, head, config and tokenizer, all safetensors."""
+        """Write the HF backbone, head, config and tokenizer, all safetensors.
+
+        A standard-head PRM on a Qwen2 base also gets ``qwen2_prm/``: the same model in
+        the ``Qwen2ForProcessRewardModel`` layout vLLM serves with no custom code (so a
+        registered version carries it); the weights are stored twice for that.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(folder, safe_serialization=True)
@@ -228,6 +234,10 @@ class ProcessRewardModel(nn.Module):
                   str(folder / HEAD_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
         tokenizer.save_pretrained(folder)
+        from prmforge.prm.export import export_qwen2_prm, is_standard
+
+        if is_standard(self) and self.backbone.config.model_type == "qwen2":
+            export_qwen2_prm(self, tokenizer, folder / EXPORT_DIR)
         return folder
 
     @classmethod
