@@ -713,7 +713,35 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--daemon", action="store_true",
                     help="submit a backfill for the Dagster daemon (shown in the UI) instead of running here")
     bf.set_defaults(func=cmd_backfill)
+
+    ev = sub.add_parser("evaluate", help="score ProcessBench files with any PRM folder (metrics, predictions)")
+    ev.add_argument("--prm", required=True, help="PRM folder or s3:// / file:// storage URI")
+    ev.add_argument("--format", default="auto", choices=["auto", "prmforge", "qwen2-prm"])
+    ev.add_argument("--processbench", nargs="+", required=True, metavar="FILE", help="ProcessBench .json/.jsonl files")
+    ev.add_argument("--out", required=True, help="folder for predictions.jsonl, step_scores.parquet, metrics.json")
+    ev.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    ev.add_argument("--threshold", type=float, default=0.5, help="a step below this P(correct) is the first error")
+    ev.add_argument("--limit", type=int, help="first N samples of each file")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``prmforge evaluate``: any PRM on ProcessBench files; logic in :mod:`prmforge.prm.evaluate_any`."""
+    from prmforge.model_files import ModelSourceError
+    from prmforge.prm.benchmarks import BenchmarkSourceError
+    from prmforge.prm.evaluate_any import evaluate_prm
+
+    try:
+        metrics = evaluate_prm(args.prm, args.processbench, args.out, args.format, args.backend, args.threshold,
+                               args.limit)
+    except (ModelSourceError, BenchmarkSourceError) as exc:
+        from prmforge.errors import ConfigError
+
+        raise ConfigError(str(exc)) from exc
+    mean = metrics["processbench"].get("mean", {})
+    _say(f"{metrics['format']} PRM via {args.backend}: mean F1 {mean.get('f1', 0.0):.3f} -> {args.out}")
+    return 0
 
 
 def _quiet_warnings() -> None:

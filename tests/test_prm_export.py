@@ -99,3 +99,32 @@ def test_vllm_step_probabilities_match_transformers_on_processbench(standard_prm
     print(f"parity: {len(picks)} solutions, {len(pairs)} steps, max token length {max(lengths)}, "
           f"max |p_hf - p_vllm| = {diff:.2e}")
     assert diff < 1e-3
+
+
+def test_evaluate_command_reads_both_layouts_alike(standard_prm, shared_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from pipelines.cli import main
+
+    model, tok, _ = standard_prm
+    saved = model.save(tmp_path / "prm", tok)
+    files = [str(shared_data / "processbench" / n) for n in ("gsm8k.json", "math.json")]
+    tables = {}
+    for name, folder in (("prmforge", saved), ("qwen2-prm", saved / EXPORT_DIR)):
+        out = tmp_path / name
+        assert main(["evaluate", "--prm", str(folder), "--processbench", *files, "--out", str(out),
+                     "--limit", "8"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["format"] == name  # auto-detected
+        assert set(metrics["processbench"]) == {"gsm8k", "math", "mean"}
+        preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == 16 and all(-1 <= p["pred"] for p in preds)
+        tables[name] = pq.read_table(out / "step_scores.parquet").to_pydict()
+    a, b = tables["prmforge"]["score"], tables["qwen2-prm"]["score"]
+    assert len(a) == len(b) > 16
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+    # Not a PRM folder: one line, exit 2.
+    assert main(["evaluate", "--prm", str(tmp_path / "prmforge"), "--processbench", *files,
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "neither a prmforge PRM" in capsys.readouterr().err
