@@ -102,3 +102,14 @@ def test_cli_backfill_of_unknown_partition_exits_2(tmp_path: Path) -> None:
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert "'ghost-a'" in line and "'ghost-b'" in line
+
+
+def test_loading_the_code_location_prints_no_warnings() -> None:
+    """What the webserver, the daemon and every run worker load: no preview/beta notices, no flood."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "default", "-c", "import pipelines.definitions"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Warning" not in out.stderr, out.stderr[-2000:]
