@@ -208,3 +208,32 @@ def test_engine_value_retries_failed_probes_with_a_smaller_budget() -> None:
     res = value([(short, 0), (long, 0), (hopeless, 0)])
     assert res[0].soft == 1.0 and res[1].soft == 1.0 and res[2].soft is None
     assert eng.budgets == [40, 20, 10]  # only failed probes are retried, each time with half the budget
+
+
+def test_a_prefix_longer_than_the_context_is_skipped_with_a_reason_not_an_engine_error() -> None:
+    """Real GSM8K prompts on a short-context policy: the labeler cannot probe them; that is counted, not failed."""
+    from prmforge.engines.base import PROMPT_TOO_LONG, Completion, Engine
+    from prmforge.labeling.mc import ERROR, OK, SKIPPED, run_search
+
+    class ContextLimited(Engine):
+        def generate(self, prompts, params):
+            out = []
+            for p in prompts:
+                if "down" in p:
+                    out.append([Completion("", 0, 0, "error", "connection reset")] * params.n)
+                elif len(p) + params.max_tokens > 60:
+                    out.append([Completion("", len(p), 0, "error", f"{PROMPT_TOO_LONG} (max 60 positions)")]
+                               * params.n)
+                else:
+                    out.append([Completion("The answer is 7.", len(p), 5)] * params.n)
+            return out
+
+    value = EngineValue(ContextLimited(), grade=lambda t, g: g in t, k=2, max_tokens=40, min_tokens=10)
+    fits = MCItem("a", "p\n", ["s1", "s2"], "7", False)
+    too_long = MCItem("b", "p" * 70 + "\n", ["s1", "s2"], "7", False)
+    outage = MCItem("c", "down\n", ["s1", "s2"], "7", False)
+    res = {r.rollout_id: r for r in run_search([fits, too_long, outage], "binary_search", value)}
+    assert res["a"].status == OK
+    assert res["b"].status == SKIPPED and "longer than the model's context" in res["b"].detail
+    assert res["b"].labels == []
+    assert res["c"].status == ERROR  # a real engine fault stays a failure

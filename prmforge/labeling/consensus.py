@@ -51,7 +51,7 @@ JUDGE_SAYS_NO_ERROR = "judge_says_no_error"
 JUDGE_UNPARSED = "judge_unparsed"  # judge status unparsed / abstain / error
 MC_FAILED = "mc_failed"  # MC status not ok (engine failures, empty rollout)
 MISSING = "missing_verdict"  # a rollout one side never saw
-SKIPPED = "skipped_prompt"  # the rollouts stage never ran the prompt (e.g. longer than the model's context)
+SKIPPED = "skipped_prompt"  # the prompt (rollouts stage) or an MC prefix was longer than the model's context
 CATEGORIES = (MC_EARLIER, MC_LATER, MC_SAYS_NO_ERROR, JUDGE_SAYS_NO_ERROR, JUDGE_UNPARSED, MC_FAILED, MISSING,
               SKIPPED)
 

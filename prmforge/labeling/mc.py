@@ -48,7 +48,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prmforge.engines.base import Engine, SamplingParams
+from prmforge.engines.base import PROMPT_TOO_LONG, Engine, SamplingParams
 
 MODES = ("per_step", "binary_search")
 
@@ -81,6 +81,7 @@ class ProbeResult:
     generated_tokens: int
     prompt_tokens: int
     failed: int = 0
+    too_long: bool = False  # failed because the prefix does not fit the model's context (not an engine fault)
 
 
 @dataclass
@@ -242,6 +243,10 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             r.completions += pr.completions
             r.generated_tokens += pr.generated_tokens
             r.prompt_tokens += pr.prompt_tokens
+            if pr.soft is None and pr.too_long:
+                if r.status == OK:  # a counted reason, like a prompt the rollouts stage skipped
+                    r.status, r.detail = SKIPPED, f"the prefix up to step {step} is longer than the model's context"
+                continue
             if pr.soft is None:
                 r.status, r.detail = ERROR, f"all {pr.failed} completions of prefix {step} failed in the engine"
                 continue
@@ -353,11 +358,14 @@ class EngineValue:
             comps = [[] for _ in chunk]
         out: list[ProbeResult | None] = []
         retry: list[int] = []
+        too_long: set[int] = set()
         for i, ((item, _), cs) in enumerate(zip(chunk, comps, strict=True)):
             good = [c for c in cs if c.finish_reason != "error" and c.error is None]
             if not good:
                 retry.append(i)
                 out.append(None)
+                if cs and all((c.error or "").startswith(PROMPT_TOO_LONG) for c in cs):
+                    too_long.add(i)
                 continue
             correct = sum(1 for c in good if self.grade(c.text, item.gold))
             out.append(ProbeResult(soft=correct / len(good), completions=len(cs),
@@ -368,7 +376,8 @@ class EngineValue:
             again = self._estimate([chunk[i] for i in retry], max_tokens // 2)
             for i, r in zip(retry, again, strict=True):
                 out[i] = r
-        return [r if r is not None else ProbeResult(None, 0, 0, 0, failed=self.k) for r in out]
+        return [r if r is not None else ProbeResult(None, 0, 0, 0, failed=self.k, too_long=i in too_long)
+                for i, r in enumerate(out)]
 
 
 def default_grader() -> Grader:
