@@ -39,6 +39,7 @@ from assets.common import (
 )
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, TRAIN_OP_TAGS, on_new_data, retrain_condition
 from prmforge.contracts.datasets import step_scores_contract
+from prmforge.prm.export import save_prm
 from prmforge.prm.metrics import STEP_SCORES
 from prmforge.prm.registry import registered_parity_outcome
 from prmforge.prm.settings import PRMTrainSettings
@@ -163,7 +164,7 @@ def prm_model(
                          log=context.log.info)
         with tempfile.TemporaryDirectory() as tmp:
             result.model.config.base_model = store.ref(base)  # prm_config.json records no machine path
-            folder = result.model.save(Path(tmp) / "prm", result.tokenizer)
+            folder = save_prm(result.model, result.tokenizer, Path(tmp) / "prm")
             uri = store.put_dir(folder, "models", "prm", result.run_key)
             mlf.log_metrics({f"encode_{k}": float(v) for k, v in result.stats.as_dict().items()})
             mlf.log_metric("tokens_per_s_mean", result.train.tokens_per_s)

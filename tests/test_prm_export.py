@@ -17,7 +17,7 @@ from prm_helpers import CORPUS
 from safetensors import safe_open
 
 from prmforge.prm.benchmarks import load_source
-from prmforge.prm.export import QWEN2_PRM_ARCH, ExportError, export_qwen2_prm
+from prmforge.prm.export import QWEN2_PRM_ARCH, ExportError, export_qwen2_prm, save_prm
 from prmforge.prm.model import EXPORT_DIR, ProcessRewardModel, build_prm, score_steps
 from prmforge.prm.tiny import build_tiny_backbone
 from prmforge.prm.vllm_score import VLLMPRMScorer, encode_items, score_steps_vllm
@@ -57,7 +57,7 @@ def test_export_has_the_layout_vllm_loads(standard_prm) -> None:
 
 def test_saved_standard_qwen2_prm_carries_the_export(standard_prm, tmp_path: Path) -> None:
     model, tok, _ = standard_prm
-    saved = model.save(tmp_path / "prm", tok)
+    saved = save_prm(model, tok, tmp_path / "prm")
     cfg = json.loads((saved / EXPORT_DIR / "config.json").read_text())
     assert cfg["architectures"] == [QWEN2_PRM_ARCH]
     loaded, _ = ProcessRewardModel.load(saved)  # the project's own loader still reads the folder
@@ -65,7 +65,7 @@ def test_saved_standard_qwen2_prm_carries_the_export(standard_prm, tmp_path: Pat
     # A standard head on a non-Qwen2 base has no served layout: no export is written.
     llama = build_tiny_backbone(tmp_path / "llama", CORPUS, hidden_size=32)
     other, tok2 = build_prm(str(llama), standard=True)
-    assert not (other.save(tmp_path / "prm2", tok2) / EXPORT_DIR).exists()
+    assert not (save_prm(other, tok2, tmp_path / "prm2") / EXPORT_DIR).exists()
 
 
 def test_surprisal_head_is_refused(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_evaluate_command_reads_both_layouts_alike(standard_prm, shared_data: Pa
     from pipelines.cli import main
 
     model, tok, _ = standard_prm
-    saved = model.save(tmp_path / "prm", tok)
+    saved = save_prm(model, tok, tmp_path / "prm")
     files = [str(shared_data / "processbench" / n) for n in ("gsm8k.json", "math.json")]
     tables = {}
     for name, folder in (("prmforge", saved), ("qwen2-prm", saved / EXPORT_DIR)):

@@ -62,3 +62,18 @@ def export_qwen2_prm(model: ProcessRewardModel, tokenizer, folder: str | Path) -
             "prompt_format": model.config.prompt_format, "base_model": model.config.base_model}
     (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2))
     return folder
+
+
+def save_prm(model: ProcessRewardModel, tokenizer, folder: str | Path) -> Path:
+    """``model.save`` plus, for a standard head on a Qwen2 base, ``qwen2_prm/``.
+
+    ``qwen2_prm/`` is the same model in the ``Qwen2ForProcessRewardModel`` layout vLLM
+    serves with no custom code, so a registered version carries it; the weights are
+    stored twice for that.
+    """
+    from prmforge.prm.model import EXPORT_DIR
+
+    folder = model.save(folder, tokenizer)
+    if is_standard(model) and model.backbone.config.model_type == "qwen2":
+        export_qwen2_prm(model, tokenizer, folder / EXPORT_DIR)
+    return folder

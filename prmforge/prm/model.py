@@ -221,9 +221,7 @@ class ProcessRewardModel(nn.Module):
     def save(self, folder: str | Path, tokenizer) -> Path:
         """Write the HF backbone, head, config and tokenizer, all safetensors.
 
-        A standard-head PRM on a Qwen2 base also gets ``qwen2_prm/``: the same model in
-        the ``Qwen2ForProcessRewardModel`` layout vLLM serves with no custom code (so a
-        registered version carries it); the weights are stored twice for that.
+        ``prmforge.prm.export.save_prm`` also writes the vLLM-servable export beside them.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -234,10 +232,6 @@ class ProcessRewardModel(nn.Module):
                   str(folder / HEAD_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
         tokenizer.save_pretrained(folder)
-        from prmforge.prm.export import export_qwen2_prm, is_standard
-
-        if is_standard(self) and self.backbone.config.model_type == "qwen2":
-            export_qwen2_prm(self, tokenizer, folder / EXPORT_DIR)
         return folder
 
     @classmethod

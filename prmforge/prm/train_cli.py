@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import pyarrow.parquet as pq
 
 from prmforge.distributed.torchrun import LOG_PREFIX, RESULT_PREFIX, STEP_PREFIX
+from prmforge.prm.export import save_prm
 from prmforge.prm.pipeline import fit
 from prmforge.prm.settings import PRMTrainSettings
 from prmforge.prm.train import dist_info
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = fit(rows, settings, args.base_model, storage=storage, data_version=args.data_version or args.labels,
                  log_fn=progress if report else None, log=log if report else None)
     if rank == 0:
-        result.model.save(args.out, result.tokenizer)
+        save_prm(result.model, result.tokenizer, args.out)
         print(json.dumps({"world_size": world, "steps": result.train.steps, "final_loss": result.train.final_loss,
                           "tokens_per_s": result.train.tokens_per_s, "out": args.out}))
         if args.progress:
