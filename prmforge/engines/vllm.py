@@ -35,6 +35,82 @@ class VLLMWorkerError(RuntimeError):
     """The vLLM worker failed to start or to generate."""
 
 
+class WorkerProcess:
+    """A vLLM worker subprocess speaking the pipe protocol of :mod:`prmforge.engines.vllm_worker`.
+
+    Started with ``{"op": "start", "cfg": cfg}``, asked with :meth:`request`, and
+    reaped on :meth:`close` (or when garbage-collected): the generation engine and
+    the PRM scorer (``prmforge.prm.vllm_score``) are its two users, so both release
+    every vLLM process and the device the same way.
+    """
+
+    def __init__(self, module: str, cfg: dict[str, Any], error: type[Exception], what: str,
+                 start_timeout_s: float, close_timeout_s: float) -> None:
+        self.error, self.what = error, what
+        child_rx, parent_tx = os.pipe()
+        parent_rx, child_tx = os.pipe()
+        try:
+            self._proc: subprocess.Popen | None = subprocess.Popen(
+                [sys.executable, "-m", module, str(child_rx), str(child_tx)],
+                pass_fds=(child_rx, child_tx), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(child_rx)
+            os.close(child_tx)
+        self._tx: IO[bytes] = os.fdopen(parent_tx, "wb")
+        self._rx: IO[bytes] = os.fdopen(parent_rx, "rb")
+        # Reaps the worker's group even if the caller never calls close() (an exception, a lost reference).
+        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tx, self._rx, close_timeout_s)
+        try:
+            send_msg(self._tx, {"op": "start", "cfg": cfg})
+            msg = self._recv(start_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        if not msg.get("ok"):
+            self.close()
+            raise error(f"{what} failed to start: {msg.get('error')}\n{msg.get('trace', '')}")
+        self.platform: str | None = msg.get("platform")
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid, which is also its process group id (vLLM's processes share it)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def request(self, msg: dict[str, Any], failure: str) -> dict:
+        """Send ``msg``, return the worker's answer; ``failure`` heads the error when it reports one."""
+        if self._proc is None:
+            raise self.error(f"{self.what} is closed")
+        try:
+            send_msg(self._tx, msg)
+        except BrokenPipeError as exc:
+            raise self.error(f"{self.what} is gone (exit code {self._proc.poll()})") from exc
+        reply = self._recv()
+        if not reply.get("ok"):
+            raise self.error(f"{failure}: {reply.get('error')}\n{reply.get('trace', '')}")
+        return reply
+
+    def _recv(self, timeout_s: float | None = None) -> dict:
+        assert self._proc is not None
+        start = time.monotonic()
+        while not select.select([self._rx], [], [], 1.0)[0]:
+            if self._proc.poll() is not None:
+                raise self.error(f"{self.what} exited with code {self._proc.returncode}")
+            if timeout_s is not None and time.monotonic() - start >= timeout_s:
+                raise self.error(f"{self.what} did not answer within {timeout_s:.0f}s")
+        try:
+            return recv_msg(self._rx)
+        except EOFError as exc:
+            raise self.error(f"{self.what} closed the pipe (exit code {self._proc.poll()})") from exc
+
+    def close(self) -> None:
+        """Shut the engine down; returns once no process of the worker's group is left."""
+        if getattr(self, "_proc", None) is None:
+            return
+        self._proc = None
+        self._finalizer()
+
+
 class VLLMEngine(Engine):
     """Offline vLLM generation in a worker process."""
 
@@ -69,72 +145,32 @@ class VLLMEngine(Engine):
             "cpu_threads_bind": cpu_threads_bind,
         }
         self.close_timeout_s = close_timeout_s
-        self.platform: str | None = None
-        child_rx, parent_tx = os.pipe()
-        parent_rx, child_tx = os.pipe()
-        try:
-            self._proc: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "prmforge.engines.vllm_worker", str(child_rx), str(child_tx)],
-                pass_fds=(child_rx, child_tx), stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(child_rx)
-            os.close(child_tx)
-        self._tx: IO[bytes] = os.fdopen(parent_tx, "wb")
-        self._rx: IO[bytes] = os.fdopen(parent_rx, "rb")
-        # Reaps the worker's group even if the caller never calls close() (an exception, a lost reference).
-        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tx, self._rx, close_timeout_s)
-        try:
-            send_msg(self._tx, {"op": "start", "cfg": self.cfg})
-            msg = self._recv(start_timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        if not msg.get("ok"):
-            self.close()
-            raise VLLMWorkerError(f"vLLM worker failed to start: {msg.get('error')}\n{msg.get('trace', '')}")
-        self.platform = msg.get("platform")
+        self._worker: WorkerProcess | None = WorkerProcess(
+            "prmforge.engines.vllm_worker", self.cfg, VLLMWorkerError, "vLLM worker", start_timeout_s, close_timeout_s)
+        self.platform: str | None = self._worker.platform
 
     @property
     def pid(self) -> int | None:
         """The worker's pid, which is also its process group id (vLLM's processes share it)."""
-        return self._proc.pid if self._proc is not None else None
-
-    def _recv(self, timeout_s: float | None = None) -> dict:
-        assert self._proc is not None
-        start = time.monotonic()
-        while not select.select([self._rx], [], [], 1.0)[0]:
-            if self._proc.poll() is not None:
-                raise VLLMWorkerError(f"vLLM worker exited with code {self._proc.returncode}")
-            if timeout_s is not None and time.monotonic() - start >= timeout_s:
-                raise VLLMWorkerError(f"vLLM worker did not answer within {timeout_s:.0f}s")
-        try:
-            return recv_msg(self._rx)
-        except EOFError as exc:
-            raise VLLMWorkerError(f"vLLM worker closed the pipe (exit code {self._proc.poll()})") from exc
+        return self._worker.pid if self._worker is not None else None
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         if not prompts:
             return []
-        if self._proc is None:
+        if self._worker is None:
             raise VLLMWorkerError("engine is closed")
         p = dataclasses.asdict(params)
         p["stop"] = list(params.stop)
-        try:
-            send_msg(self._tx, {"op": "generate", "prompts": list(prompts), "params": p})
-        except BrokenPipeError as exc:
-            raise VLLMWorkerError(f"vLLM worker is gone (exit code {self._proc.poll()})") from exc
-        msg = self._recv()
-        if not msg.get("ok"):
-            raise VLLMWorkerError(f"vLLM generation failed: {msg.get('error')}\n{msg.get('trace', '')}")
+        msg = self._worker.request({"op": "generate", "prompts": list(prompts), "params": p},
+                                   "vLLM generation failed")
         return [[Completion(**c) for c in row] for row in msg["results"]]
 
     def close(self) -> None:
         """Shut the engine down; returns once no process of the worker's group is left."""
-        if getattr(self, "_proc", None) is None:
+        if getattr(self, "_worker", None) is None:
             return
-        self._proc = None
-        self._finalizer()
+        worker, self._worker = self._worker, None
+        worker.close()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -12,17 +12,10 @@ encodes them, so both backends see the same tokens.
 from __future__ import annotations
 
 import math
-import os
-import select
-import subprocess
-import sys
-import time
-import weakref
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
 
-from prmforge.engines.vllm import _reap
-from prmforge.engines.vllm_worker import recv_msg, send_msg
+from prmforge.engines.vllm import WorkerProcess
 from prmforge.prm.data import encode_example
 from prmforge.prm.model import format_prompt
 
@@ -39,65 +32,31 @@ class VLLMPRMScorer:
                  close_timeout_s: float = 20.0) -> None:
         cfg: dict[str, Any] = {"model": str(folder), "step_tag_id": int(step_token_id),
                                "max_model_len": max_model_len, "cpu_kv_cache_gib": cpu_kv_cache_gib, "dtype": dtype}
-        child_rx, parent_tx = os.pipe()
-        parent_rx, child_tx = os.pipe()
-        try:
-            self._proc: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "prmforge.prm.vllm_prm_worker", str(child_rx), str(child_tx)],
-                pass_fds=(child_rx, child_tx), stdin=subprocess.DEVNULL)
-        finally:
-            os.close(child_rx)
-            os.close(child_tx)
-        self._tx: IO[bytes] = os.fdopen(parent_tx, "wb")
-        self._rx: IO[bytes] = os.fdopen(parent_rx, "rb")
-        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tx, self._rx, close_timeout_s)
-        try:
-            send_msg(self._tx, {"op": "start", "cfg": cfg})
-            msg = self._recv(start_timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        if not msg.get("ok"):
-            self.close()
-            raise VLLMScoreError(f"vLLM PRM worker failed to start: {msg.get('error')}\n{msg.get('trace', '')}")
-        self.platform: str | None = msg.get("platform")
+        self._worker: WorkerProcess | None = WorkerProcess(
+            "prmforge.prm.vllm_prm_worker", cfg, VLLMScoreError, "vLLM PRM worker", start_timeout_s, close_timeout_s)
+        self.platform: str | None = self._worker.platform
 
     @property
     def pid(self) -> int | None:
         """The worker's pid (also the process group of vLLM's processes)."""
-        return self._proc.pid if self._proc is not None else None
-
-    def _recv(self, timeout_s: float | None = None) -> dict:
-        assert self._proc is not None
-        start = time.monotonic()
-        while not select.select([self._rx], [], [], 1.0)[0]:
-            if self._proc.poll() is not None:
-                raise VLLMScoreError(f"vLLM PRM worker exited with code {self._proc.returncode}")
-            if timeout_s is not None and time.monotonic() - start >= timeout_s:
-                raise VLLMScoreError(f"vLLM PRM worker did not answer within {timeout_s:.0f}s")
-        try:
-            return recv_msg(self._rx)
-        except EOFError as exc:
-            raise VLLMScoreError(f"vLLM PRM worker closed the pipe (exit code {self._proc.poll()})") from exc
+        return self._worker.pid if self._worker is not None else None
 
     def score_ids(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         """P(correct) at every step token of every token-id sequence."""
         if not token_ids:
             return []
-        if self._proc is None:
+        if self._worker is None:
             raise VLLMScoreError("scorer is closed")
-        send_msg(self._tx, {"op": "score", "token_ids": [list(map(int, ids)) for ids in token_ids]})
-        msg = self._recv()
-        if not msg.get("ok"):
-            raise VLLMScoreError(f"vLLM PRM scoring failed: {msg.get('error')}\n{msg.get('trace', '')}")
+        msg = self._worker.request({"op": "score", "token_ids": [list(map(int, ids)) for ids in token_ids]},
+                                   "vLLM PRM scoring failed")
         return msg["probs"]
 
     def close(self) -> None:
         """Shut the engine down; returns once no process of the worker's group is left."""
-        if getattr(self, "_proc", None) is None:
+        if getattr(self, "_worker", None) is None:
             return
-        self._proc = None
-        self._finalizer()
+        worker, self._worker = self._worker, None
+        worker.close()
 
     def __enter__(self) -> VLLMPRMScorer:
         return self
