@@ -7,7 +7,6 @@ through s3fs exactly as they would reach MinIO or AWS.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,24 +33,6 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Steps keep their RetryPolicy (pipelines/automation.py) but retry without waiting.
     monkeypatch.setenv("PRMFORGE_RETRY_DELAY_S", "0")
     return home
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_defs_state_storage() -> Iterator[None]:
-    """Each test starts with no "current" Dagster defs-state storage and leaves none behind.
-
-    Dagster keeps it in a ContextVar. Invoking a schedule directly inside ``instance_for_test``
-    (tests/test_jobs_schedules.py) left a disposed instance's storage current, and every later test
-    that loads definitions against an un-entered instance (``materialize(..., instance=ephemeral)``)
-    then failed with "Attempted to resolve undefined DagsterInstance weakref" in a full run.
-    """
-    if "dagster" not in sys.modules:  # nothing can have leaked; don't import Dagster for unit tests
-        yield
-        return
-    from dagster._core.storage.defs_state.base import set_defs_state_storage
-
-    with set_defs_state_storage(None):
-        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

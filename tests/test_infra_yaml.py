@@ -21,21 +21,12 @@ def test_every_infra_yaml_parses(path: Path) -> None:
     assert isinstance(load(path), dict), f"{path} is not a YAML mapping"
 
 
-def test_instance_yaml_is_valid_dagster_config(tmp_path: Path) -> None:
-    from dagster._core.instance.config import dagster_instance_config
-
-    (tmp_path / "dagster.yaml").write_text((INFRA / "dagster.yaml").read_text())
-    config, _ = dagster_instance_config(str(tmp_path))  # validates against Dagster's schema
-    assert "postgres" in config["storage"]
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert config["concurrency"]["pools"]["default_limit"] == 1  # the gpu pool: one GPU step at a time
-    pg = config["storage"]["postgres"]["postgres_db"]
+def test_instance_yaml_takes_connection_and_secrets_from_the_environment() -> None:
+    """Dagster itself loads this file against a real Postgres in tests/test_production_config.py."""
+    pg = load(INFRA / "dagster.yaml")["storage"]["postgres"]["postgres_db"]
     assert all(isinstance(v, dict) and "env" in v for k, v in pg.items() if k not in ("port", "scheme")), \
         "connection settings and secrets come from the environment"
     assert pg["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
-    # A killed run's gpu slot is freed by the monitoring daemon (tests/test_dead_run_slots.py).
-    assert config["run_monitoring"]["enabled"] is True
-    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
 
 
 def test_compose_services_ports_and_env() -> None:

@@ -61,13 +61,14 @@ def test_refresh_schedule_reingests_changeable_sources(registry: Path) -> None:
     assert mutable_source_keys() == ["folder-ds", "hub-ds", "s3-ds", "unregistered-hub"]
     when = dt.datetime(2026, 1, 2, 3, 0, tzinfo=dt.UTC)
     with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
-        assert isinstance(refresh_sources_schedule(ctx), dg.SkipReason)  # nothing registered yet
+        # As context managers: the context then releases the instance it made current when it ends.
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as ctx:
+            assert isinstance(refresh_sources_schedule(ctx), dg.SkipReason)  # nothing registered yet
 
         instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, ["hub-ds", "s3-ds", "folder-ds", "file-ds",
                                                                    "world-ds"])
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
-        reqs = list(refresh_sources_schedule(ctx))
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as ctx:
+            reqs = list(refresh_sources_schedule(ctx))
         assert sorted(r.partition_key for r in reqs) == ["folder-ds", "hub-ds", "s3-ds"]
         assert all(r.run_key.endswith("20260102T0300") for r in reqs)  # one request per dataset per tick
         assert refresh_sources_schedule.job_name == "seed_job"

@@ -116,7 +116,13 @@ def test_dagster_instance_on_postgres_runs_ingestion(
     # Entered, as the CLI does: loading definitions reads the *current* defs-state storage, and an earlier
     # test's direct schedule invocation can leave a disposed instance's storage current in this thread.
     with dg.DagsterInstance.get() as instance:
+        # infra/dagster.yaml, loaded and validated by Dagster itself: its storage, queue and monitoring.
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.global_op_concurrency_default_limit == 1  # the gpu pool: one GPU step at a time
+        # A killed run's gpu slot is freed by the monitoring daemon (tests/test_dead_run_slots.py).
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
         assert instance.event_log_storage.supports_global_concurrency_limits
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
