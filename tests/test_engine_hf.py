@@ -55,6 +55,17 @@ def test_batch_of_different_lengths_equals_per_prompt(tiny_model: Path, engine: 
     assert engine.generate(PROMPTS[::-1], sp) == batched[::-1]
 
 
+def test_sample_offset_continues_the_same_samples(engine: HFEngine) -> None:
+    """Waves of samples (adaptive MC) are the samples one call with the summed n draws."""
+    whole = engine.generate(PROMPTS, SamplingParams(n=5, max_tokens=12, seed=4))
+    waves = [engine.generate(PROMPTS, SamplingParams(n=n, max_tokens=12, seed=4, sample_offset=first))
+             for first, n in ((0, 1), (1, 2), (3, 2))]
+    assert [sum((w[i] for w in waves), []) for i in range(len(PROMPTS))] == whole
+    # a backend without addressable samples gets a different seed per offset instead
+    assert SamplingParams(seed=4).request_seed == 4
+    assert len({SamplingParams(seed=4, sample_offset=o).request_seed for o in range(4)}) == 4
+
+
 def test_fast_path_matches_model_forward(tiny_model: Path, engine: HFEngine) -> None:
     generic = HFEngine(str(tiny_model), device="cpu", batch_size=64, fast_path=False)
     assert engine.fast and not generic.fast

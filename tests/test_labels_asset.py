@@ -236,3 +236,37 @@ def test_llm_judge_asset_over_loopback_server(local_root: str) -> None:
             assert r["first_error"] == (0 if truth[rid] == 0 else -1)
     md = {k: v.value for k, v in result.asset_materializations_for_node("judge_step_labels")[0].metadata.items()}
     assert md["status_counts"] == {"ok": 9, "error": 3} and md["shards_computed"] == 3
+
+
+def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) -> None:
+    """mc_step_labels with reuse and adaptive on (run config): a rollout whose steps a correct sibling wrote
+    is labelled without sampling, the others are sampled in waves up to k, and the rows say the strategy."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from prmforge.engines.tiny import build_tiny_llama
+
+    model = str(build_tiny_llama(tmp_path / "tiny"))
+    storage = Storage(local_root)
+    _write_inputs(storage)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [PARTITION])
+    config = {"reuse": True, "adaptive": True, "k": 4, "first_wave": 1}
+    result = _materialize(instance, local_root, model, {"ops": {"mc_step_labels": {"config": config}}})
+    assert result.success
+    rows = {r["rollout_id"]: r for r in storage.read_dataset("mc_step_labels", PARTITION).to_pylist()}
+    assert len(rows) == 12
+    for rid, r in rows.items():
+        assert r["status"] == "ok" and r["mc_mode"] == "binary_search+reuse+adaptive" and r["k"] == 4
+        kind = int(rid.rsplit("-", 1)[1])
+        if kind == 0:  # the gold solution: correct, free
+            assert r["first_error"] == -1 and r["completions"] == 0
+        elif kind == 1:  # slip at step 0: nothing shared with the gold rollout; a random model never
+            # reaches the answer, so each probe draws all k samples (waves 1, 2, 1) and finds 0
+            assert r["first_error"] == 0 and r["completions"] == 4 * len(r["probe_steps"]) > 0
+        else:  # stopped early: every step is a prefix of the correct gold rollout, so all but the known-wrong
+            # last one are proven positive without a single sample
+            assert r["first_error"] == len(r["steps"]) - 1 and r["completions"] == 0 and r["probe_steps"] == []
+    md = {k: v.value for k, v in result.asset_materializations_for_node("mc_step_labels")[0].metadata.items()}
+    assert md["mode"] == "binary_search+reuse+adaptive"
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["mc_contract"].passed

@@ -7,6 +7,7 @@ use, so the same labelling code runs on a laptop CPU and a GPU cluster.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``max_tokens`` is always explicit (vLLM's default is 16)."""
+    """How to sample. ``max_tokens`` is always explicit (vLLM's default is 16).
+
+    ``sample_offset`` asks for samples ``offset .. offset+n-1`` of each prompt
+    instead of ``0 .. n-1``, so a caller can draw more samples of a prompt in
+    waves (adaptive MC sampling). Engines whose samples are addressable by
+    index (``hf``: counter-based sampling) return exactly those samples, so
+    the waves equal one call with the summed ``n``; the others send
+    :attr:`request_seed`, a seed derived from ``(seed, sample_offset)``, so a
+    later wave is a fresh draw rather than a repeat of the first.
+    """
 
     n: int = 1
     temperature: float = 1.0
@@ -22,6 +32,15 @@ class SamplingParams:
     max_tokens: int = 256
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    sample_offset: int = 0
+
+    @property
+    def request_seed(self) -> int:
+        """The seed to send to a backend without addressable samples (``seed`` itself at offset 0)."""
+        if self.sample_offset == 0:
+            return self.seed
+        digest = hashlib.sha256(f"{self.seed}\x1f{self.sample_offset}".encode()).hexdigest()
+        return int(digest[:8], 16) & 0x7FFFFFFF
 
 
 PROMPT_TOO_LONG = "prompt longer than the model's context"

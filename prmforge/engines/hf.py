@@ -389,8 +389,8 @@ class HFEngine(Engine):
         ids, valid = ids.to(dev), valid.to(dev)
         rows = [_Row(i, j) for i in chunk for j in js]
         B = len(rows)
-        keys = torch.tensor([row_key(params.seed, prompts[r.prompt_index], r.sample_index) for r in rows],
-                            dtype=torch.long, device=dev)
+        keys = torch.tensor([row_key(params.seed, prompts[r.prompt_index], params.sample_offset + r.sample_index)
+                             for r in rows], dtype=torch.long, device=dev)
         T = params.max_tokens
         stepper = _LlamaStepper(self.model) if self.fast else _GenericStepper(self.model)
         logits = stepper.start(ids, valid, n, T)

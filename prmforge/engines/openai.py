@@ -120,7 +120,7 @@ class OpenAIEngine(Engine):
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "seed": params.seed,
+            "seed": params.request_seed,
         }
         if params.stop:
             body["stop"] = list(params.stop)

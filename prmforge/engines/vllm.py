@@ -161,6 +161,7 @@ class VLLMEngine(Engine):
             raise VLLMWorkerError("engine is closed")
         p = dataclasses.asdict(params)
         p["stop"] = list(params.stop)
+        p["seed"] = params.request_seed  # vLLM's samples are not addressable by index
         msg = self._worker.request({"op": "generate", "prompts": list(prompts), "params": p},
                                    "vLLM generation failed")
         return [[Completion(**c) for c in row] for row in msg["results"]]

@@ -40,6 +40,33 @@ Modes
 * ``binary_search`` (OmegaPRM): as above, probing O(log n) prefixes of wrong
   rollouts and none of correct ones. All rollouts of a shard advance one
   probe per round, and each round's probes go to the engine together.
+
+Strategies (either mode, combinable)
+------------------------------------
+* ``reuse`` (OmegaPRM's reuse of rollouts): the rollouts of one problem (same
+  prompt) and the completions sampled from their prefixes are one tree of
+  step sequences (:class:`Evidence`). A prefix is *proven* positive, with no
+  sampling, when a correct solution passes through it: a correct sibling
+  rollout that shares it, or a correct completion sampled from it or from an
+  ancestor whose steps continue through it (the completion's text is split
+  into steps with the step separator). That is exact, not an estimate: one
+  correct continuation means the true value is > 0. A prefix shared by
+  several rollouts (the same steps) is sampled once and its estimate shared.
+  Without proofs, reuse and the plain search see the same estimates and give
+  the same labels; a proof can only turn a sampled 0 (a finite-K miss) into
+  the positive it provably is.
+* ``adaptive`` (:class:`AdaptiveValue`): a prefix is sampled in waves (``2``,
+  then doubling, up to ``k`` in all) and sampling stops at its first correct
+  completion. The hard label is the K-sample test's (``soft > 0``) with the
+  same error rate: a prefix of true value ``v`` is called 0 with probability
+  ``(1 - v)^k`` (<= 0.10 for ``v >= 0.25`` at ``k = 8``); the test is only
+  curtailed once its outcome is decided, so positive prefixes cost about
+  ``1/v`` samples instead of ``k`` and the undecided ones get all ``k``. With
+  the ``hf`` engine the waves are samples ``0..k-1`` of the same sequence
+  (``SamplingParams.sample_offset``), so the decision equals the fixed-K one
+  on the same completions. Soft values are then ``correct / drawn``, which
+  overstates a value (sampling stopped at a success): use fixed K for soft
+  labels.
 """
 
 from __future__ import annotations
@@ -49,6 +76,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from prmforge.engines.base import PROMPT_TOO_LONG, Engine, SamplingParams
+from prmforge.steps import split_steps
 
 MODES = ("per_step", "binary_search")
 
@@ -82,6 +110,7 @@ class ProbeResult:
     prompt_tokens: int
     failed: int = 0
     too_long: bool = False  # failed because the prefix does not fit the model's context (not an engine fault)
+    correct_texts: tuple[str, ...] = ()  # the correct completions: evidence for other prefixes (reuse)
 
 
 @dataclass
@@ -100,6 +129,8 @@ class MCResult:
     rounds: int = 0
     status: str = OK
     detail: str = ""
+    free_positive: int = 0  # reuse: prefixes proven positive by a correct solution through them, never sampled
+    shared_probes: int = 0  # reuse: probes answered by another rollout's estimate of the same prefix
 
 
 def labels_for(first_error: int, n_steps: int) -> list[bool]:
@@ -130,10 +161,16 @@ class PerStepSearch:
         if self._asked:
             return []
         self._asked = True
-        return list(self._probed)
+        return [i for i in self._probed if i not in self.hard]
 
     def observe(self, step: int, hard: bool) -> None:
         self.hard[step] = hard
+
+    def known_positive(self, step: int) -> None:
+        """Prefixes ``0..step`` are proven positive (reuse): never probed, and a sampled 0 there is overruled."""
+        for i in self._probed:
+            if i <= step:
+                self.hard[i] = True
 
     @property
     def done(self) -> bool:
@@ -153,19 +190,29 @@ class BinarySearch:
     """Find the first prefix with value 0, assuming the value is monotone (see module doc).
 
     Invariant: every step ``< lo`` is known positive, step ``hi`` is known
-    zero (``hi = n-1`` for free on a wrong rollout). A truncated rollout
-    (``final_known=False``) first probes its last prefix: > 0 means every
-    prefix is positive (first error -1), 0 starts the usual search.
+    zero (``hi = n-1`` for free on a wrong rollout). Both follow from the
+    observations: ``lo`` is one past the last positive, ``hi`` the first zero
+    at or after ``lo`` (a zero before a proven positive is a finite-K miss and
+    no longer counts). A truncated rollout (``final_known=False``) first
+    probes its last prefix: > 0 means every prefix is positive (first error
+    -1), 0 starts the usual search.
     """
 
     def __init__(self, n_steps: int, final_correct: bool, final_known: bool = True) -> None:
         self.n = n_steps
         self.final_correct = final_correct and final_known
-        self.lo = 0
-        self.hi = n_steps - 1
         self.last_pending = not final_known and n_steps > 0
         self.all_positive = False
         self.hard: dict[int, bool] = {}
+
+    @property
+    def lo(self) -> int:
+        return max((s + 1 for s, h in self.hard.items() if h), default=0)
+
+    @property
+    def hi(self) -> int:
+        lo = self.lo
+        return min((s for s, h in self.hard.items() if not h and s >= lo), default=self.n - 1)
 
     def next_probes(self) -> list[int]:
         if self.done:
@@ -175,15 +222,19 @@ class BinarySearch:
         return [(self.lo + self.hi) // 2]
 
     def observe(self, step: int, hard: bool) -> None:
-        self.hard[step] = hard
         if self.last_pending and step == self.n - 1:
             self.last_pending = False
             self.all_positive = hard
             return
-        if hard:
-            self.lo = step + 1
-        else:
-            self.hi = step
+        self.hard[step] = hard
+
+    def known_positive(self, step: int) -> None:
+        """Prefixes ``0..step`` are proven positive (reuse): the search continues above ``step``."""
+        if step >= self.n - 1 and self.n > 0:
+            self.last_pending, self.all_positive = False, True
+            return
+        if step >= 0:
+            self.hard[step] = True
 
     @property
     def done(self) -> bool:
@@ -211,10 +262,70 @@ def max_binary_probes(n_steps: int) -> int:
 
 
 ValueFn = Callable[[list[tuple[MCItem, int]]], list[ProbeResult]]
+NodeKey = tuple[str, tuple[str, ...]]
 
 
-def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds: int = 64) -> list[MCResult]:
-    """Label ``items``: every round gathers all pending probes of all rollouts into one ``value_fn`` call."""
+class Evidence:
+    """The tree of step sequences of one shard's rollouts, and which of its prefixes are proven positive.
+
+    A node is ``(prompt, steps[:i+1])`` of some rollout: rollouts of the same
+    problem that wrote the same first steps share their nodes. A node is
+    proven when a correct solution passes through it (the module doc says
+    why that is exact); proofs come from correct rollouts (whose final answer
+    is known) and from the correct completions of probes (:meth:`record`).
+    Estimates of sampled nodes are kept so a node is sampled once.
+    """
+
+    def __init__(self, items: Sequence[MCItem], separator: str) -> None:
+        self.separator = separator
+        self.nodes: set[NodeKey] = set()
+        self.proven: set[NodeKey] = set()
+        self.estimates: dict[NodeKey, ProbeResult] = {}
+        for item in items:
+            if item.skip_reason:
+                continue
+            for i in range(len(item.steps)):
+                self.nodes.add(self.key(item, i))
+        for item in items:
+            if not item.skip_reason and item.final_correct and item.final_known:
+                self._prove(item.prompt, item.steps)
+
+    @staticmethod
+    def key(item: MCItem, step: int) -> NodeKey:
+        return item.prompt, tuple(item.steps[: step + 1])
+
+    def _prove(self, prompt: str, steps: Sequence[str]) -> None:
+        for i in range(len(steps)):
+            node = (prompt, tuple(steps[: i + 1]))
+            if node not in self.nodes:
+                return  # the solution leaves the tree: no rollout prefix further down is on its path
+            self.proven.add(node)
+
+    def deepest_proven(self, item: MCItem) -> int:
+        """The last step of ``item`` whose prefix is proven (proofs are prefix-closed), or -1."""
+        last = -1
+        for i in range(len(item.steps)):
+            if self.key(item, i) not in self.proven:
+                break
+            last = i
+        return last
+
+    def record(self, item: MCItem, step: int, result: ProbeResult) -> None:
+        """Keep the estimate of ``item``'s prefix ``step`` and prove every node its correct completions pass."""
+        self.estimates[self.key(item, step)] = result
+        for text in result.correct_texts:
+            self._prove(item.prompt, [*item.steps[: step + 1], *split_steps(text, self.separator)])
+
+
+def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds: int = 64,
+               reuse: bool = False, separator: str = "\n") -> list[MCResult]:
+    """Label ``items``: every round gathers all pending probes of all rollouts into one ``value_fn`` call.
+
+    ``reuse`` shares evidence between the rollouts of ``items`` (see the
+    module doc and :class:`Evidence`); ``separator`` splits completions into
+    steps for it. A shared probe's cost is counted once, on the rollout that
+    asked first.
+    """
     searches = []
     results: list[MCResult] = []
     for item in items:
@@ -228,21 +339,50 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             searches.append(None)
         else:
             searches.append(make_search(mode, n, item.final_correct, item.final_known))
+    evidence = Evidence(items, separator) if reuse else None
+    applied = [-1] * len(items)
     for _ in range(max_rounds):
+        if evidence is not None:
+            _apply_proofs(items, searches, results, evidence, applied)
         batch: list[tuple[int, int]] = []
         for idx, s in enumerate(searches):
             if s is not None and results[idx].status == OK and not s.done:
                 batch.extend((idx, step) for step in s.next_probes())
         if not batch:
             break
-        probes = value_fn([(items[idx], step) for idx, step in batch])
+        # with reuse, a node already estimated is answered from its estimate and a node asked by
+        # several rollouts this round is sampled once; its cost is counted on the first asker
+        ask, known = batch, {}
+        if evidence is not None:
+            ask, seen = [], set()
+            for idx, step in batch:
+                node = evidence.key(items[idx], step)
+                if node in evidence.estimates:
+                    known[node] = evidence.estimates[node]
+                elif node not in seen:
+                    seen.add(node)
+                    ask.append((idx, step))
+        paid = {}
+        if ask:
+            for (idx, step), pr in zip(ask, value_fn([(items[idx], step) for idx, step in ask]), strict=True):
+                paid[idx, step] = pr
+                if evidence is not None:
+                    known[evidence.key(items[idx], step)] = pr
+                    if pr.soft is not None:
+                        evidence.record(items[idx], step, pr)
         touched = set()
-        for (idx, step), pr in zip(batch, probes, strict=True):
+        for idx, step in batch:
+            if (idx, step) in paid:
+                pr = paid[idx, step]
+                r = results[idx]
+                r.completions += pr.completions
+                r.generated_tokens += pr.generated_tokens
+                r.prompt_tokens += pr.prompt_tokens
+            else:
+                pr = known[evidence.key(items[idx], step)]
+                results[idx].shared_probes += 1
             r = results[idx]
             touched.add(idx)
-            r.completions += pr.completions
-            r.generated_tokens += pr.generated_tokens
-            r.prompt_tokens += pr.prompt_tokens
             if pr.soft is None and pr.too_long:
                 if r.status == OK:  # a counted reason, like a prompt the rollouts stage skipped
                     r.status, r.detail = SKIPPED, f"the prefix up to step {step} is longer than the model's context"
@@ -259,10 +399,12 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             searches[idx].observe(step, hard)
         for idx in touched:
             results[idx].rounds += 1
-    for item, s, r in zip(items, searches, results, strict=True):
+    for idx, (item, s, r) in enumerate(zip(items, searches, results, strict=True)):
         if s is None or r.status != OK:
             r.first_error, r.labels = -1, []
             continue
+        if evidence is not None and not (item.final_correct and item.final_known):
+            r.free_positive = sum(1 for st in range(applied[idx] + 1) if st not in r.probe_steps)
         if not s.done:
             r.status, r.detail = ERROR, f"search did not finish in {max_rounds} rounds"
             r.labels = []
@@ -270,6 +412,20 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
         r.first_error = s.first_error
         r.labels = labels_for(r.first_error, len(item.steps))
     return results
+
+
+def _apply_proofs(items: Sequence[MCItem], searches: list, results: list[MCResult], evidence: Evidence,
+                  applied: list[int]) -> None:
+    """Tell each search which of its prefixes are proven positive (only what is new since the last call)."""
+    for idx, (item, s) in enumerate(zip(items, searches, strict=True)):
+        if s is None or results[idx].status != OK:
+            continue
+        deepest = evidence.deepest_proven(item)
+        if item.final_known and not item.final_correct:
+            deepest = min(deepest, len(item.steps) - 2)  # the whole wrong solution is known to be 0
+        if deepest > applied[idx]:
+            s.known_positive(deepest)
+            applied[idx] = deepest
 
 
 # ---------------------------------------------------------------------------
@@ -332,12 +488,17 @@ class EngineValue:
     retried: int = 0
 
     def __call__(self, probes: list[tuple[MCItem, int]]) -> list[ProbeResult]:
+        return self.sample(probes, 0, self.k)
+
+    def sample(self, probes: list[tuple[MCItem, int]], first: int, n: int) -> list[ProbeResult]:
+        """Estimates from samples ``first .. first+n-1`` of each prefix (the waves of :class:`AdaptiveValue`)."""
         out: list[ProbeResult] = []
         for start in range(0, len(probes), self.batch_prefixes):
-            out.extend(self._estimate(probes[start : start + self.batch_prefixes], self.max_tokens))
+            out.extend(self._estimate(probes[start : start + self.batch_prefixes], self.max_tokens, first, n))
         return out
 
-    def _estimate(self, chunk: list[tuple[MCItem, int]], max_tokens: int) -> list[ProbeResult]:
+    def _estimate(self, chunk: list[tuple[MCItem, int]], max_tokens: int, first: int = 0,
+                  n: int | None = None) -> list[ProbeResult]:
         """One engine call; probes whose every completion failed are retried once per halved budget.
 
         Why: a long prefix leaves less room in the model's context, and
@@ -347,8 +508,9 @@ class EngineValue:
         budget simply counts as not reaching the answer. Probes that still
         fail stay failed (recorded as an ``error`` rollout, never guessed).
         """
-        params = SamplingParams(n=self.k, temperature=self.temperature, top_p=self.top_p,
-                                max_tokens=max_tokens, seed=self.seed)
+        n = self.k if n is None else n
+        params = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p,
+                                max_tokens=max_tokens, seed=self.seed, sample_offset=first)
         prompts = [prefix_prompt(item, step, self.separator) for item, step in chunk]
         try:
             comps = self.engine.generate(prompts, params)
@@ -367,17 +529,73 @@ class EngineValue:
                 if cs and all((c.error or "").startswith(PROMPT_TOO_LONG) for c in cs):
                     too_long.add(i)
                 continue
-            correct = sum(1 for c in good if self.grade(c.text, item.gold))
-            out.append(ProbeResult(soft=correct / len(good), completions=len(cs),
+            right = tuple(c.text for c in good if self.grade(c.text, item.gold))
+            out.append(ProbeResult(soft=len(right) / len(good), completions=len(cs),
                                    generated_tokens=sum(c.completion_tokens for c in cs),
-                                   prompt_tokens=sum(c.prompt_tokens for c in cs[:1]), failed=len(cs) - len(good)))
+                                   prompt_tokens=sum(c.prompt_tokens for c in cs[:1]), failed=len(cs) - len(good),
+                                   correct_texts=right))
         if retry and max_tokens // 2 >= self.min_tokens:
             self.retried += len(retry)
-            again = self._estimate([chunk[i] for i in retry], max_tokens // 2)
+            again = self._estimate([chunk[i] for i in retry], max_tokens // 2, first, n)
             for i, r in zip(retry, again, strict=True):
                 out[i] = r
-        return [r if r is not None else ProbeResult(None, 0, 0, 0, failed=self.k, too_long=i in too_long)
+        return [r if r is not None else ProbeResult(None, 0, 0, 0, failed=n, too_long=i in too_long)
                 for i, r in enumerate(out)]
+
+
+Sampler = Callable[[list[tuple[MCItem, int]], int, int], list[ProbeResult]]
+
+
+@dataclass
+class AdaptiveValue:
+    """A value function that samples each prefix in waves and stops at its first correct completion.
+
+    ``sample(probes, first, n)`` draws samples ``first .. first+n-1`` of each
+    prefix (:meth:`EngineValue.sample`). Waves are ``first_wave`` samples,
+    then double, until ``k`` are drawn; a prefix leaves the waves at its first
+    correct completion (its hard value is decided: > 0) or when a wave fails
+    in the engine. Why this is the K-sample test with the same error rate,
+    and what it does to soft values: module doc. ``waves`` counts sampling
+    calls, ``saved`` the samples not drawn against ``k`` per prefix.
+    """
+
+    sample: Sampler
+    k: int = 8
+    first_wave: int = 2
+    waves: int = 0
+    saved: int = 0
+
+    def __call__(self, probes: list[tuple[MCItem, int]]) -> list[ProbeResult]:
+        acc: list[dict] = [{"right": [], "good": 0, "completions": 0, "gen": 0, "prompt": 0, "failed": 0,
+                            "dead": None} for _ in probes]
+        pending, drawn, size = list(range(len(probes))), 0, max(1, self.first_wave)
+        while pending and drawn < self.k:
+            size = min(size, self.k - drawn)
+            self.waves += 1
+            for i, pr in zip(pending, self.sample([probes[i] for i in pending], drawn, size), strict=True):
+                a = acc[i]
+                a["completions"] += pr.completions
+                a["gen"] += pr.generated_tokens
+                a["prompt"] += pr.prompt_tokens
+                a["failed"] += pr.failed
+                if pr.soft is None:
+                    a["dead"] = pr
+                    continue
+                a["good"] += pr.completions - pr.failed
+                a["right"].extend(pr.correct_texts)
+            drawn += size
+            pending = [i for i in pending if not acc[i]["right"] and acc[i]["dead"] is None]
+            size *= 2
+        out = []
+        for a in acc:
+            if a["dead"] is not None:  # a failed wave fails the probe (recorded, never guessed)
+                out.append(ProbeResult(None, a["completions"], a["gen"], a["prompt"], failed=a["failed"],
+                                       too_long=a["dead"].too_long))
+                continue
+            self.saved += self.k - a["completions"]
+            out.append(ProbeResult(len(a["right"]) / max(a["good"], 1), a["completions"], a["gen"], a["prompt"],
+                                   failed=a["failed"], correct_texts=tuple(a["right"])))
+        return out
 
 
 def default_grader() -> Grader:

@@ -14,7 +14,14 @@ class MCSettings(StageSettings):
 
     mode: Literal["per_step", "binary_search"] = Field("binary_search", description="probe every step prefix, "
                                                        "or binary-search the first one whose value drops to 0")
-    k: int = Field(8, gt=0, description="completions sampled from each probed prefix")
+    k: int = Field(8, gt=0, description="completions sampled from each probed prefix (the maximum with adaptive)")
+    reuse: bool = Field(False, description="share evidence between the rollouts of a problem: a prefix several "
+                        "rollouts share is sampled once, and a prefix that a correct rollout or a correct "
+                        "completion passes through is positive without sampling (docs/labeling.md)")
+    adaptive: bool = Field(False, description="sample each probed prefix in waves (first_wave, then doubling, up "
+                           "to k) and stop at its first correct completion: the hard label of the k-sample test "
+                           "at a fraction of its cost; soft values then overstate (use fixed k for soft labels)")
+    first_wave: int = Field(2, gt=0, description="completions in an adaptive prefix's first wave")
     max_tokens: int = Field(160, gt=0, description="max new tokens of one completion")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the completions")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of the completions")
@@ -28,6 +35,11 @@ class MCSettings(StageSettings):
     def run_fingerprint(self) -> dict:
         """Fields that change the rows (the contract threshold does not)."""
         return self.model_dump(exclude={"max_failed_share"})
+
+    @property
+    def strategy(self) -> str:
+        """The ``mc_mode`` recorded in each row: the mode plus the strategies on (``binary_search+reuse``)."""
+        return "+".join([self.mode, *(["reuse"] if self.reuse else []), *(["adaptive"] if self.adaptive else [])])
 
 
 class JudgeSettings(StageSettings):

@@ -34,7 +34,7 @@ from prmforge.labeling.consensus import (
     validate_consensus,
 )
 from prmforge.labeling.judges import Judge, Judgement
-from prmforge.labeling.mc import EngineValue, MCItem, MCResult, default_grader, run_search
+from prmforge.labeling.mc import AdaptiveValue, EngineValue, MCItem, MCResult, default_grader, run_search
 from prmforge.labeling.settings import ConsensusSettings, JudgeSettings, MCSettings
 from prmforge.schemas import register_schema
 from prmforge.sharding import LocalExecutor, Progress, ShardedResult, ShardExecutor, fingerprint, run_sharded
@@ -116,7 +116,7 @@ class MCRun:
 
     def params(self, partition: str) -> dict[str, Any]:
         s = self.settings
-        return {"mode": s.mode, "k": s.k, "model": self.model, "partition": partition, "max_tokens": s.max_tokens}
+        return {"mode": s.strategy, "k": s.k, "model": self.model, "partition": partition, "max_tokens": s.max_tokens}
 
     def metadata(self) -> dict[str, Any]:
         statuses = Counter(self.table.column("status").to_pylist())
@@ -125,7 +125,7 @@ class MCRun:
                           if st == "ok")
         r = self.sharded
         return {
-            "mode": self.settings.mode, "k": self.settings.k, "model": self.model,
+            "mode": self.settings.strategy, "k": self.settings.k, "model": self.model,
             **{k: _number(v) for k, v in self.metrics.items()},
             "status_counts": dict(statuses),
             "first_error_histogram": dict(sorted(fe_hist.items(), key=lambda kv: int(kv[0]))),
@@ -142,7 +142,7 @@ def mc_rows(rows: list[dict[str, Any]], results: list[MCResult], s: MCSettings) 
         out.append({
             "rollout_id": row["rollout_id"], "problem_id": row["problem_id"], "dataset": row["dataset"],
             "prompt": row["prompt"], "steps": list(row["steps"] or []), "gold_answer": row.get("gold_answer"),
-            "final_correct": bool(row.get("correct")), "mc_mode": s.mode, "k": s.k, "status": r.status,
+            "final_correct": bool(row.get("correct")), "mc_mode": s.strategy, "k": s.k, "status": r.status,
             "first_error": r.first_error, "labels": r.labels, "probe_steps": r.probe_steps,
             "probe_soft": r.probe_soft, "probe_hard": r.probe_hard, "completions": r.completions,
             "generated_tokens": r.generated_tokens, "prompt_tokens": r.prompt_tokens, "rounds": r.rounds,
@@ -168,6 +168,15 @@ def mc_summary(table: pa.Table) -> dict[str, float]:
         "skipped": float(sum(r["status"] == "skipped" for r in rows)),
         "failed": float(sum(r["status"] not in ("ok", "skipped") for r in rows)),
     }
+
+
+def problem_groups(rows: list[dict[str, Any]], shard_size: int) -> tuple[list[list[dict[str, Any]]], int]:
+    """The rollouts grouped by problem (first-appearance order) and the groups per shard for ~``shard_size`` rollouts."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["problem_id"], []).append(r)
+    per_group = len(rows) / max(len(groups), 1)
+    return list(groups.values()), max(1, round(shard_size / per_group))
 
 
 def label_mc(
@@ -200,19 +209,27 @@ def label_mc(
     grade = default_grader()
     built: list[Engine] = []
 
-    def work(chunk: list[dict[str, Any]], index: int) -> pa.Table:
+    units: list[Any] = rows
+    size = s.shard_size
+    if s.reuse:  # rollouts share evidence only within a shard: a shard holds whole problems
+        units, size = problem_groups(rows, s.shard_size)
+
+    def work(chunk: list[Any], index: int) -> pa.Table:
         if not built:  # under Ray: once per actor, on its copy of ``built``
             built.append(engine_factory() if engine_factory is not None else make_engine(engine))
+        if s.reuse:
+            chunk = [r for group in chunk for r in group]
         value = EngineValue(built[0], grade, k=s.k, max_tokens=s.max_tokens, temperature=s.temperature,
                             top_p=s.top_p, seed=s.seed, separator=separator, batch_prefixes=s.batch_prefixes)
         items = [MCItem(r["rollout_id"], r["prompt"], list(r["steps"] or []), str(r.get("gold_answer") or ""),
                         bool(r.get("correct")), final_known=not r.get("truncated", False),
                         text=r.get("text"), skip_reason=r.get("skip_reason")) for r in chunk]
-        return mc_rows(chunk, run_search(items, s.mode, value), s)
+        value_fn = AdaptiveValue(value.sample, s.k, s.first_wave) if s.adaptive else value
+        return mc_rows(chunk, run_search(items, s.mode, value_fn, reuse=s.reuse, separator=separator), s)
 
     executor = executor or LocalExecutor()
     try:
-        result = run_sharded(storage, MC, partition, run_key, rows, s.shard_size, work, MC_SCHEMA, on_progress,
+        result = run_sharded(storage, MC, partition, run_key, units, size, work, MC_SCHEMA, on_progress,
                              executor=executor, token_column="generated_tokens")
     finally:
         for e in built:
