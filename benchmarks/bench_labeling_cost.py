@@ -1,24 +1,39 @@
-"""Cost of Monte Carlo step labelling: ``binary_search`` against ``per_step`` on the same rollouts.
+"""Cost of Monte Carlo step labelling: search strategies against ``per_step`` on the same rollouts.
 
-Both modes label the same policy rollouts with the same K, engine, seed and
-grader. Printed per mode: completions and generated tokens per labelled
-rollout, wall time; then the binary_search/per_step token ratio and the
-agreement of the two modes on the first-error index. As a bonus, both modes,
-the calculator judge and their consensus are scored against the world oracle.
+For each seed, the policy samples ``--n`` rollouts of ``--problems`` held-out
+world problems, and every strategy labels the same rollouts with the same K,
+engine, sampling seed and grader:
 
-The HF engine's sampling is counter-based (a sample depends on the seed, the
-prompt text and its index only), so a prefix probed by both modes gets the
-same K completions: disagreement between the modes then comes only from the
-search itself (binary search trusts a monotone value estimate; a finite-K
-estimate is not always monotone).
+* ``per_step``: every prefix but the last, K completions each (the baseline);
+* ``binary``: binary search for the first zero (OmegaPRM's search);
+* ``binary+reuse``: binary search sharing evidence between the rollouts of a
+  problem (shared prefixes sampled once, prefixes a correct rollout or
+  completion passes through proven positive);
+* ``binary+adaptive``: binary search, each prefix sampled in waves and
+  stopped at its first correct completion (K is the maximum);
+* ``binary+reuse+adaptive``: both.
 
-Usage::
+Printed per seed and strategy: completions and generated tokens per labelled
+rollout, the token ratio against ``per_step`` measured in the same run,
+first-error agreement with ``per_step``, exact first-error agreement of MC
+with the world oracle, and the calculator-judge consensus (exact vs oracle,
+kept share). Then the mean and the spread (min-max) over the seeds.
 
-    .venv/bin/python benchmarks/bench_labeling_cost.py                # trains the demo policy if needed
-    .venv/bin/python benchmarks/bench_labeling_cost.py --policy PATH --problems 100 --n 2 --k 8
+The HF engine's sampling is counter-based (sample ``j`` of a prompt depends on
+the seed, the prompt text and ``j`` only), so a prefix probed by two
+strategies gets the same completions, and adaptive waves are a prefix of the
+same K: strategies differ only in what they probe and what they reuse.
 
-Targets (issue 5): >= 2.5x fewer generated tokens for binary_search with
->= 95% first-error agreement.
+Usage (the policy is trained into ``--policy`` when that folder is empty;
+training is deterministic, so a fresh clone trains the same policy)::
+
+    .venv/bin/python benchmarks/bench_labeling_cost.py --problems 100 --n 2 --k 8
+    .venv/bin/python benchmarks/bench_labeling_cost.py --policy .prmforge/bench/policy-standard \\
+        --policy-difficulty standard --difficulty standard --problems 50 --n 4 --k 8
+
+Targets (issue 18, on the standard world with a policy trained there):
+tokens per labelled rollout <= 1/4 of per_step at >= 95% first-error
+agreement with per_step; consensus >= 0.95 exact against the oracle.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,57 +49,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_POLICY = Path(".prmforge/bench/policy-demo")
+STRATEGIES = {  # name -> (mode, reuse, adaptive)
+    "per_step": ("per_step", False, False),
+    "binary": ("binary_search", False, False),
+    "binary+reuse": ("binary_search", True, False),
+    "binary+adaptive": ("binary_search", False, True),
+    "binary+reuse+adaptive": ("binary_search", True, True),
+}
 
 
-def ensure_policy(path: Path, train_steps: int | None) -> Path:
-    """The policy folder, training the demo-default policy into it when absent."""
+def ensure_policy(path: Path, train_steps: int | None, difficulty: str) -> Path:
+    """The policy folder, training the demo-default policy (on ``difficulty``) into it when absent."""
     if (path / "config.json").exists():
         return path
     from prmforge.policy.settings import PolicySettings
     from prmforge.policy.train import train_policy
 
-    settings = PolicySettings() if train_steps is None else PolicySettings(train_steps=train_steps)
-    print(f"training the demo policy into {path} ({settings.train_steps} steps) ...", flush=True)
+    kw: dict = {"difficulty": difficulty}
+    if train_steps is not None:
+        kw["train_steps"] = train_steps
+    settings = PolicySettings(**kw)
+    print(f"training the demo policy ({difficulty}, {settings.train_steps} steps) into {path} ...", flush=True)
     res = train_policy(settings, path, log=lambda m: print(m, flush=True))
     print(f"trained {res.num_parameters} parameters in {res.seconds:.0f}s", flush=True)
     return path
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
-    ap.add_argument("--train-steps", type=int, default=None, help="only when the policy must be trained")
-    ap.add_argument("--problems", type=int, default=100)
-    ap.add_argument("--n", type=int, default=2, help="rollouts per problem")
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--difficulty", default="easy")
-    ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-prefixes", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
-    args = ap.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+def run_seed(engine, args: argparse.Namespace, seed: int) -> dict:
+    """Rollouts of one seed labelled by every strategy; figures over the rollouts every strategy labelled."""
     from prmforge.answers import grade
     from prmforge.engines.base import SamplingParams
-    from prmforge.engines.hf import HFEngine
     from prmforge.labeling.audit import score
     from prmforge.labeling.calculator import first_wrong_step
-    from prmforge.labeling.mc import EngineValue, MCItem, default_grader, run_search
+    from prmforge.labeling.mc import AdaptiveValue, EngineValue, MCItem, default_grader, run_search
     from prmforge.world import STEP_SEPARATOR, generate_problems, oracle_first_error, prompt_for, split_steps
 
-    policy = ensure_policy(args.policy, args.train_steps)
-    engine = HFEngine(str(policy), device=args.device, batch_size=512)
-    problems = generate_problems(args.problems, seed=args.seed + 7, difficulty=args.difficulty, split="heldout")
-
-    t0 = time.perf_counter()
+    problems = generate_problems(args.problems, seed=seed + 7, difficulty=args.difficulty, split="heldout")
     prompts = [prompt_for(p.problem) for p in problems]
-    outs = engine.generate(prompts, SamplingParams(n=args.n, temperature=1.0, max_tokens=args.max_tokens,
-                                                   seed=args.seed))
+    outs = engine.generate(prompts, SamplingParams(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=seed))
     items, truth = [], {}
     for p, prompt, comps in zip(problems, prompts, outs, strict=True):
         for j, c in enumerate(comps):
@@ -94,68 +97,107 @@ def main(argv: list[str] | None = None) -> dict:
             items.append(MCItem(rid, prompt, steps, p.answer, grade(c.text, p.answer)[1],
                                 final_known=c.finish_reason != "length", text=c.text))
             truth[rid] = oracle_first_error(p.meta, steps).first_error
-    rollout_s = time.perf_counter() - t0
-    accuracy = sum(i.final_correct for i in items) / max(len(items), 1)
-    print(f"policy {policy}; {len(items)} rollouts of {len(problems)} {args.difficulty} held-out problems "
-          f"(accuracy {accuracy:.1%}, mean steps {sum(len(i.steps) for i in items) / max(len(items), 1):.2f}, "
-          f"{rollout_s:.1f}s); K={args.k}; CPU threads {args.threads} on a shared machine", flush=True)
-
-    summary: dict = {"rollouts": len(items), "policy_accuracy": accuracy, "k": args.k, "modes": {}}
-    results, walls, calls = {}, {}, {}
+    out: dict = {"seed": seed, "rollouts": len(items),
+                 "policy_accuracy": sum(i.final_correct for i in items) / max(len(items), 1),
+                 "mean_steps": sum(len(i.steps) for i in items) / max(len(items), 1), "strategies": {}}
     grader = default_grader()
-    for mode in ("per_step", "binary_search"):
-        value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=args.seed,
+    results = {}
+    for name, (mode, reuse, adaptive) in STRATEGIES.items():
+        value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=seed,
                             separator=STEP_SEPARATOR, batch_prefixes=args.batch_prefixes)
+        fn = AdaptiveValue(value.sample, args.k, args.first_wave) if adaptive else value
         t = time.perf_counter()
-        results[mode] = {r.rollout_id: r for r in run_search(items, mode, value)}
-        walls[mode], calls[mode] = time.perf_counter() - t, value.calls
-
-    # costs and agreement over the rollouts both modes labelled (a probe can fail in one mode only)
-    ps, bs = results["per_step"], results["binary_search"]
-    both = [rid for rid in ps if ps[rid].status == "ok" and bs[rid].status == "ok"]
+        results[name] = {r.rollout_id: r for r in run_search(items, mode, fn, reuse=reuse, separator=STEP_SEPARATOR)}
+        out["strategies"][name] = {"wall_s": time.perf_counter() - t}
+    both = [i.rollout_id for i in items if all(res[i.rollout_id].status == "ok" for res in results.values())]
     n_both = max(len(both), 1)
-    for mode, res in results.items():
-        m = {
-            "labelled": sum(r.status == "ok" for r in res.values()),
+    wrong = [i.rollout_id for i in items if i.rollout_id in set(both) and not i.final_correct]
+    calc = {i.rollout_id: first_wrong_step(i.steps) for i in items}
+    ps = results["per_step"]
+    for name, res in results.items():
+        kept = [r for r in both if res[r].first_error == calc[r]]
+        out["strategies"][name].update({
             "completions_per_rollout": sum(res[r].completions for r in both) / n_both,
             "tokens_per_rollout": sum(res[r].generated_tokens for r in both) / n_both,
             "probes_per_rollout": sum(len(res[r].probe_steps) for r in both) / n_both,
-            "engine_calls": calls[mode],
-            "wall_s": walls[mode],
-            "oracle": score([(res[r].first_error, truth[r]) for r in both]).__dict__,
-        }
-        summary["modes"][mode] = m
-        print(f"{mode:>14}: {m['completions_per_rollout']:.1f} completions, {m['tokens_per_rollout']:.0f} "
-              f"generated tokens, {m['probes_per_rollout']:.2f} probes per labelled rollout; "
-              f"{m['labelled']} labelled, {m['engine_calls']} engine calls, {walls[mode]:.1f}s; "
-              f"oracle exact {m['oracle']['exact']:.3f}", flush=True)
+            "agreement_with_per_step": sum(res[r].first_error == ps[r].first_error for r in both) / n_both,
+            "agreement_on_wrong_answers": sum(res[r].first_error == ps[r].first_error for r in wrong)
+            / max(len(wrong), 1),
+            "oracle_exact": score([(res[r].first_error, truth[r]) for r in both]).exact,
+            "consensus_exact": score([(calc[r], truth[r]) for r in kept]).exact,
+            "kept_share": len(kept) / n_both,
+        })
+    base = out["strategies"]["per_step"]["tokens_per_rollout"]
+    for m in out["strategies"].values():
+        m["token_ratio"] = base / max(m["tokens_per_rollout"], 1e-9)
+        m["token_share_of_per_step"] = m["tokens_per_rollout"] / max(base, 1e-9)
+    out["compared"] = len(both)
+    out["calculator_exact"] = score([(calc[r], truth[r]) for r in both]).exact
+    return out
 
-    agree = sum(ps[rid].first_error == bs[rid].first_error for rid in both) / n_both
-    correct_ids = {i.rollout_id for i in items if i.final_correct}
-    wrong = [rid for rid in both if rid not in correct_ids]
-    agree_wrong = sum(ps[rid].first_error == bs[rid].first_error for rid in wrong) / max(len(wrong), 1)
-    tok_ratio = summary["modes"]["per_step"]["tokens_per_rollout"] / max(
-        summary["modes"]["binary_search"]["tokens_per_rollout"], 1e-9)
-    comp_ratio = summary["modes"]["per_step"]["completions_per_rollout"] / max(
-        summary["modes"]["binary_search"]["completions_per_rollout"], 1e-9)
-    summary.update(token_ratio=tok_ratio, completion_ratio=comp_ratio, agreement=agree,
-                   agreement_on_wrong_answers=agree_wrong, compared=len(both))
 
-    # bonus: calculator judge and consensus against the oracle, per MC mode
-    calc = {i.rollout_id: first_wrong_step(i.steps) for i in items}
-    summary["judge_oracle"] = score([(calc[r], truth[r]) for r in truth]).__dict__
-    for mode, res in results.items():
-        kept = [rid for rid, r in res.items() if r.status == "ok" and r.first_error == calc[rid]]
-        summary["modes"][mode]["consensus_oracle"] = score([(calc[r], truth[r]) for r in kept]).__dict__
-        summary["modes"][mode]["kept_share"] = len(kept) / max(len(res), 1)
+def spread(values: list[float]) -> str:
+    """``mean [min-max]`` of a figure over the seeds."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    return f"{statistics.mean(vals):.3f} [{min(vals):.3f}-{max(vals):.3f}]"
 
-    print(f"binary_search uses {tok_ratio:.2f}x fewer generated tokens ({comp_ratio:.2f}x fewer completions) "
-          f"than per_step; first-error agreement {agree:.1%} ({len(both)} rollouts; {agree_wrong:.1%} on wrong "
-          f"answers). Targets: >= 2.5x, >= 95%.")
-    j = summary["judge_oracle"]
-    print(f"oracle exact first error: calculator {j['exact']:.3f}; " + "; ".join(
-        f"{mode} MC {m['oracle']['exact']:.3f}, consensus {m['consensus_oracle']['exact'] or 0:.3f} "
-        f"(kept {m['kept_share']:.1%})" for mode, m in summary["modes"].items()))
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
+    ap.add_argument("--train-steps", type=int, default=None, help="only when the policy must be trained")
+    ap.add_argument("--policy-difficulty", default="easy", help="world difficulty to train the policy on, if trained")
+    ap.add_argument("--problems", type=int, default=100)
+    ap.add_argument("--n", type=int, default=2, help="rollouts per problem")
+    ap.add_argument("--k", type=int, default=8, help="completions per probed prefix (the maximum with adaptive)")
+    ap.add_argument("--first-wave", type=int, default=2, help="adaptive: completions in a prefix's first wave")
+    ap.add_argument("--difficulty", default="easy", help="world difficulty of the labelled problems")
+    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="each seed draws other problems, rollouts and completions")
+    ap.add_argument("--batch-prefixes", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from prmforge.engines.hf import HFEngine
+
+    policy = ensure_policy(args.policy, args.train_steps, args.policy_difficulty)
+    engine = HFEngine(str(policy), device=args.device, batch_size=512)
+    print(f"policy {policy}; {args.problems} {args.difficulty} held-out problems x {args.n} rollouts per seed; "
+          f"K={args.k}; seeds {args.seeds}; CPU threads {args.threads}", flush=True)
+    runs = []
+    for seed in args.seeds:
+        t = time.perf_counter()
+        run = run_seed(engine, args, seed)
+        runs.append(run)
+        print(f"\nseed {seed}: {run['rollouts']} rollouts, policy accuracy {run['policy_accuracy']:.1%}, "
+              f"{run['mean_steps']:.2f} steps per rollout, calculator exact {run['calculator_exact']:.3f} "
+              f"({time.perf_counter() - t:.0f}s)", flush=True)
+        for name, m in run["strategies"].items():
+            print(f"  {name:>22}: {m['completions_per_rollout']:5.2f} completions, {m['tokens_per_rollout']:6.1f} "
+                  f"tokens per labelled rollout ({m['token_ratio']:.2f}x fewer than per_step); agreement with "
+                  f"per_step {m['agreement_with_per_step']:.1%}; oracle exact {m['oracle_exact']:.3f}; consensus "
+                  f"{m['consensus_exact'] or 0:.3f} (kept {m['kept_share']:.1%}); {m['wall_s']:.0f}s", flush=True)
+    summary: dict = {"policy": str(policy), "difficulty": args.difficulty, "problems": args.problems, "n": args.n,
+                     "k": args.k, "seeds": args.seeds, "runs": runs, "spread": {}}
+    print(f"\nover {len(runs)} seeds: mean [min-max]; policy accuracy "
+          f"{spread([r['policy_accuracy'] for r in runs])}, steps {spread([r['mean_steps'] for r in runs])}")
+    for name in STRATEGIES:
+        fig = {key: spread([r["strategies"][name][key] for r in runs])
+               for key in ("completions_per_rollout", "tokens_per_rollout", "token_ratio",
+                           "token_share_of_per_step", "agreement_with_per_step", "oracle_exact",
+                           "consensus_exact", "kept_share")}
+        summary["spread"][name] = fig
+        print(f"  {name:>22}: tokens/rollout {fig['tokens_per_rollout']}, x fewer {fig['token_ratio']}, "
+              f"agreement {fig['agreement_with_per_step']}, oracle {fig['oracle_exact']}, "
+              f"consensus {fig['consensus_exact']} kept {fig['kept_share']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
