@@ -21,13 +21,21 @@ from dagster import (
 from assets.common import check_result, metadata_values, mlflow_run_metadata, table_data_version, upstream_uri
 from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
-from prmforge.contracts.datasets import consensus_contract, judge_contract, mc_contract, trl_contract
+from prmforge.contracts.datasets import (
+    consensus_contract,
+    judge_contract,
+    mc_contract,
+    openrlhf_contract,
+    trl_contract,
+    trl_soft_contract,
+)
+from prmforge.labeling.exports import OPENRLHF, TRL, TRL_SOFT
 from prmforge.labeling.stages import (
     CONSENSUS,
     CONSENSUS_CHECKS,
+    EXPORTS,
     JUDGE,
     MC,
-    TRL,
     label_consensus,
     label_judge,
     label_mc,
@@ -169,8 +177,9 @@ def judge_step_labels(
     retry_policy=REMOTE_RETRY,
     ins={"mc_step_labels": AssetIn(), "judge_step_labels": AssetIn(), "seed_problems": AssetIn(),
          "policy_rollouts": AssetIn()},
-    description="Rollouts on which MC and the judge agree on the first error, with one label per kept step; "
-    "TRL stepwise-supervision export beside it; audit against the world oracle in metadata and MLflow.",
+    description="Rollouts on which MC and the judge agree on the first error, with one hard and one soft (MC value) "
+    "label per kept step, PAV-style advantages and provenance; TRL stepwise (hard, soft) and OpenRLHF exports "
+    "beside it; audit against the world oracle in metadata and MLflow.",
     check_specs=[
         *[AssetCheckSpec(name, asset=CONSENSUS, blocking=True, partitions_def=dataset_partitions, description=d)
           for name, d in CONSENSUS_CHECKS.items()],
@@ -179,6 +188,10 @@ def judge_step_labels(
         contract_spec(CONSENSUS, "consensus_contract", "ids unique, K of the MC labels, labels consistent with "
                       "steps and first error, kept share above min_kept_share"),
         contract_spec(CONSENSUS, "trl_contract", "the TRL export: one row per kept rollout, one label per step"),
+        contract_spec(CONSENSUS, "trl_soft_contract", "the soft TRL export: one MC value in [0, 1] and one "
+                      "advantage per step"),
+        contract_spec(CONSENSUS, "openrlhf_contract", "the OpenRLHF export: one +/- label and one value per "
+                      "step placeholder"),
     ],
 )
 def consensus_labels(
@@ -193,7 +206,7 @@ def consensus_labels(
     mlflow: MLflowResource,
     quality: QualityResource,
 ) -> Iterator[Any]:
-    """Consensus rows, then the blocking integrity checks and contracts, and the kept-share WARN."""
+    """Consensus rows and exports, then the blocking integrity checks and contracts, and the kept-share WARN."""
     s = settings.stage(CONSENSUS, config)
     partition = context.partition_key
     run = label_consensus(storage.get(), partition, mc_step_labels, judge_step_labels, seed_problems,
@@ -201,11 +214,12 @@ def consensus_labels(
     if run.audit.why_missed:
         context.log.warning(f"label audit target missed on {partition}: {run.audit.why_missed}")
     tracked = _log_mlflow(context, mlflow, CONSENSUS, run.params(partition), run.metrics)
+    links = {key: MetadataValue.path(storage.get().ref(run.export_urls[name])) for name, key in EXPORTS.items()}
     yield Output(run.table, data_version=table_data_version(run.table),
-                 metadata=metadata_values({**run.metadata(), "trl_export": MetadataValue.path(storage.get().ref(run.trl_url)),
-                                           **tracked}))
+                 metadata=metadata_values({**run.metadata(), **links, **tracked}))
     for outcome in run.checks():
         yield check_result(CONSENSUS, outcome)
     ks = sorted(set(mc_step_labels.column("k").to_pylist()))
     yield quality.check(consensus_contract(ks, policy_rollouts.num_rows, s.min_kept_share), run.table)
-    yield quality.check(trl_contract(run.table.num_rows), storage.get().read_dataset(TRL, partition))
+    for name, contract in ((TRL, trl_contract), (TRL_SOFT, trl_soft_contract), (OPENRLHF, openrlhf_contract)):
+        yield quality.check(contract(run.table.num_rows), storage.get().read_dataset(name, partition))

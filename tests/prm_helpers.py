@@ -63,10 +63,15 @@ def world_rows(n: int, seed: int, split: str = "train", dataset: str = "world-a"
         if err >= 0:
             steps[err] = corrupt(steps[err])
         kept = steps if err < 0 else steps[: err + 1]
+        hard = [True] * len(kept) if err < 0 else [True] * err + [False]
+        # soft: a wrong rollout's right steps are worth less the closer they are to its error (MC-like values)
+        values = [1.0] * len(kept) if err < 0 else [round(1.0 - 0.5 * (j + 1) / (err + 1), 4) for j in range(err)] + [0.0]
         labels.append({"problem_id": p.problem_id, "rollout_id": f"{p.problem_id}-r{i}", "dataset": dataset,
-                       "prompt": prompt_for(p.problem), "steps": kept,
-                       "labels": [True] * len(kept) if err < 0 else [True] * err + [False],
-                       "first_error": err, "mc_mode": "oracle", "k": 0, "judge": "none"})
+                       "prompt": prompt_for(p.problem), "steps": kept, "labels": hard,
+                       "first_error": err, "mc_mode": "oracle", "k": 0, "judge": "none",
+                       "soft_labels": values, "step_values": values, "step_k": [0] * len(kept), "prefix_value": None,
+                       "step_advantages": [None] * len(kept), "labeler": "consensus", "mc_labeler": "oracle",
+                       "judge_status": "ok", "judge_verdict": err})
         right = err < 0 or err < len(steps) - 1 and i % 4 == 1
         bench.append({"id": f"wb-{i}", "problem": p.problem, "steps": steps, "label": err,
                       "final_answer_correct": right,

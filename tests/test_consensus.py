@@ -1,8 +1,10 @@
 """Consensus filtering, its validation rules, and the TRL export loading with `datasets`."""
+# (soft labels, provenance and the other exports: tests/test_soft_labels.py)
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from prmforge.labeling.consensus import (
@@ -14,10 +16,9 @@ from prmforge.labeling.consensus import (
     MC_SAYS_NO_ERROR,
     MISSING,
     build_consensus,
-    to_trl,
-    trl_parquet_bytes,
     validate_consensus,
 )
+from prmforge.labeling.exports import to_trl
 
 
 def _mc(rows: list[tuple[str, int, str, int]]) -> pa.Table:
@@ -85,10 +86,11 @@ def test_trl_export_loads_with_datasets(tmp_path) -> None:
     res = build_consensus(_mc([("a", 3, "ok", 1), ("b", 2, "ok", -1)]),
                           _judge([("a", "ok", 1), ("b", "ok", -1)]), "calculator")
     trl = to_trl(res.table)
-    assert trl.column_names == ["prompt", "completions", "labels"]
+    assert trl.column_names[:3] == ["prompt", "completions", "labels"]  # TRL's columns, then provenance
+    assert {"labeler", "mc_labeler", "k", "judge", "model", "model_hash", "seed"} <= set(trl.column_names)
     path = tmp_path / "trl" / "data.parquet"
     path.parent.mkdir()
-    path.write_bytes(trl_parquet_bytes(res.table))
+    pq.write_table(trl, path)
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
     assert ds.num_rows == 2

@@ -61,7 +61,9 @@ def test_rollouts_contract_leaves_skipped_prompts_to_the_steps_check() -> None:
 
 def mc_rows(**change) -> pa.Table:
     rows = [{"rollout_id": f"r{i}", "status": "ok", "k": 4, "first_error": -1 if i % 2 else 1,
-             "steps": ["a", "b", "c"], "probe_soft": [1.0, 0.25], "labels": [True, False]} for i in range(4)]
+             "steps": ["a", "b", "c"], "probe_soft": [1.0, 0.25], "labels": [True, False],
+             "step_values": [1.0, 0.25, None], "prefix_value": 0.5, "labeler": "mc_binary", "engine": "hf",
+             "model": "m"} for i in range(4)]
     for key, values in change.items():
         for row, v in zip(rows, values, strict=False):
             row[key] = v
@@ -91,20 +93,24 @@ def test_judge_contract_bounds_unusable_verdicts() -> None:
 
 
 def test_consensus_and_trl_contracts() -> None:
+    prov = {"labeler": "consensus", "mc_labeler": "mc_binary", "judge": "calculator"}
     kept = pa.Table.from_pylist([{"rollout_id": "a", "k": 4, "first_error": 1, "steps": ["x", "y"],
-                                  "labels": [True, False]},
-                                 {"rollout_id": "b", "k": 4, "first_error": -1, "steps": ["x"], "labels": [True]}])
+                                  "labels": [True, False], "soft_labels": [0.5, 0.0], **prov},
+                                 {"rollout_id": "b", "k": 4, "first_error": -1, "steps": ["x"], "labels": [True],
+                                  "soft_labels": [1.0], **prov}])
     assert validate(consensus_contract([4], 4, 0.5), kept).passed
     result = validate(consensus_contract([4], 10, 0.5), kept)
     assert failed(result) == {"expect_table_row_count_to_be_between:"}
     broken = pa.Table.from_pylist([{"rollout_id": "a", "k": 4, "first_error": 2, "steps": ["x", "y"],
-                                    "labels": [True, True, False]}])
+                                    "labels": [True, True, False], "soft_labels": [1.0, 1.0, 0.0], **prov}])
     assert failed(validate(consensus_contract([4], None, 0.0), broken)) == {
         "expect_column_pair_values_a_to_be_greater_than_b:"}
 
-    trl = pa.Table.from_pylist([{"prompt": "p", "completions": ["a", "b"], "labels": [True, False]}])
+    trl = pa.Table.from_pylist([{"prompt": "p", "completions": ["a", "b"], "labels": [True, False], "k": 4, **prov,
+                                 "rollout_id": "a"}])
     assert validate(trl_contract(1), trl).passed
-    bad = pa.Table.from_pylist([{"prompt": None, "completions": ["a", "b"], "labels": [True]}])
+    bad = pa.Table.from_pylist([{"prompt": None, "completions": ["a", "b"], "labels": [True], "k": 4, **prov,
+                                 "rollout_id": "a"}])
     assert failed(validate(trl_contract(1), bad)) == {"expect_column_values_to_not_be_null:prompt",
                                                       "expect_column_pair_values_to_be_equal:"}
 

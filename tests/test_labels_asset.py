@@ -101,8 +101,18 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
             # a random tiny model never reaches the gold answer: every probed prefix has value 0
             assert r["first_error"] == 0 and all(not h for h in r["probe_hard"])
             assert r["completions"] == 2 * len(r["probe_steps"]) > 0 and r["generated_tokens"] > 0
+        # soft labels: the probed values (K=2 each), the free last value, and the provenance of the labels
+        n = len(r["steps"])
+        assert len(r["step_values"]) == len(r["step_k"]) == len(r["step_advantages"]) == n
+        assert r["step_values"][-1] == (1.0 if r["final_correct"] else 0.0)
+        assert all(r["step_values"][s] == v and r["step_k"][s] == 2
+                   for s, v in zip(r["probe_steps"], r["probe_soft"], strict=True))
+        assert r["prefix_value"] == pytest.approx(1 / 3) and r["prefix_n"] == 3  # one of 3 rollouts is right
+        assert (r["labeler"], r["seed"], r["engine"]) == ("mc_binary", 0, "hf")
+        assert r["model"] == model and r["model_hash"].startswith("sha256:")
     judge_rows = {r["rollout_id"]: r for r in judge.to_pylist()}
-    assert all(r["status"] == "ok" and r["judge"] == "calculator" for r in judge_rows.values())
+    assert all(r["status"] == "ok" and r["judge"] == "calculator" and r["judge_identity"] == '{"judge": "calculator"}'
+               for r in judge_rows.values())
     assert sorted(r["first_error"] for r in judge_rows.values()).count(0) == 4  # the slips
 
     # kept: gold (-1/-1) and slips (0/0); "stopped early" rollouts: MC 0, calculator -1 -> dropped
@@ -113,6 +123,9 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
         assert len(r["labels"]) == len(r["steps"])
         assert r["labels"] == ([True] * len(r["steps"]) if r["first_error"] == -1 else [False])
         assert r["judge"] == "calculator" and r["mc_mode"] == "binary_search" and r["k"] == 2
+        assert r["labeler"] == "consensus" and r["mc_labeler"] == "mc_binary" and r["judge_verdict"] == truth[rid]
+        assert r["soft_labels"] == [v if v is not None else float(h) for v, h in zip(
+            mc_rows[rid]["step_values"], r["labels"], strict=False)]
 
     mat = result.asset_materializations_for_node("consensus_labels")[0]
     md = {k: v.value for k, v in mat.metadata.items()}
@@ -128,7 +141,7 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"labels_match_steps", "no_label_after_first_negative", "ids_unique",
                            "traces_to_one_rollout", "kept_share_in_bounds", "mc_contract", "judge_contract",
-                           "consensus_contract", "trl_contract"}
+                           "consensus_contract", "trl_contract", "trl_soft_contract", "openrlhf_contract"}
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
     assert checks["mc_contract"].metadata["rows"].value == 12
 
@@ -138,7 +151,14 @@ def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
     url = storage.resolve(md["trl_export"])
     ds = datasets.load_dataset("parquet", data_files=url.removeprefix("file://"), split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
-    assert ds.num_rows == 8 and set(ds.column_names) == {"prompt", "completions", "labels"}
+    assert ds.num_rows == 8 and {"prompt", "completions", "labels", "labeler", "model_hash"} <= set(ds.column_names)
+    # the soft TRL and OpenRLHF exports beside it, one row per kept rollout
+    assert md["trl_soft_export"] == "datasets/consensus_labels_trl_soft/world-tiny/data.parquet"
+    soft = storage.read_dataset("consensus_labels_trl_soft", PARTITION)
+    orl = storage.read_dataset("consensus_labels_openrlhf", PARTITION)
+    assert soft.num_rows == orl.num_rows == 8 and md["openrlhf_export"].endswith("openrlhf/world-tiny/data.parquet")
+    assert sorted(map(tuple, soft.column("labels").to_pylist())) == sorted(
+        tuple(r["soft_labels"]) for r in kept.values())
 
     # MLflow run with the audit figures
     mlflow_md = result.asset_materializations_for_node("consensus_labels")[0].metadata
@@ -171,11 +191,15 @@ def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: py
         mc_rows.append({**{k: r[k] for k in ("rollout_id", "problem_id", "dataset", "prompt", "steps", "gold_answer")},
                         "final_correct": r["correct"], "mc_mode": "per_step", "k": 4, "status": "ok",
                         "first_error": fe, "labels": [True] * len(r["steps"]) if fe < 0 else [True] * fe + [False],
-                        "probe_steps": [], "probe_soft": [], "probe_hard": [], "completions": 0,
-                        "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "detail": None})
+                        "probe_steps": [], "probe_soft": [], "probe_hard": [], "probe_k": [], "completions": 0,
+                        "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "detail": None,
+                        "labeler": "mc_per_step", "seed": 0, "engine": "hf", "model": "m", "model_hash": None,
+                        "step_values": [None] * len(r["steps"]), "step_k": [0] * len(r["steps"]),
+                        "prefix_value": None, "prefix_n": 0, "step_advantages": [None] * len(r["steps"])})
         judge_rows.append({"rollout_id": r["rollout_id"], "problem_id": r["problem_id"], "dataset": PARTITION,
                            "judge": "calculator", "status": "ok", "first_error": fe, "detail": None,
-                           "raw_output": None, "prompt_tokens": 0, "completion_tokens": 0})
+                           "raw_output": None, "prompt_tokens": 0, "completion_tokens": 0,
+                           "judge_identity": '{"judge": "calculator"}'})
     storage.write_dataset("mc_step_labels", pa.Table.from_pylist(mc_rows, schema=MC_SCHEMA), PARTITION)
     storage.write_dataset("judge_step_labels", pa.Table.from_pylist(judge_rows, schema=JUDGE_SCHEMA), PARTITION)
     # the first rollout disappears upstream, another is duplicated

@@ -160,3 +160,35 @@ def test_prm_model_launches_two_ddp_workers_equal_to_one_process(local_root: str
     assert metas[0]["encode_stats"] == metas[1]["encode_stats"]
     client = mlflow.MlflowClient(resources["mlflow"].tracking_uri)
     assert [m.step for m in client.get_metric_history(metas[0]["mlflow_run_id"], "loss")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_prm_model_trains_and_evaluates_on_soft_labels(local_root: str) -> None:
+    """``label_kind: soft``: prm_model trains with BCE against the per-step MC values (loss falls), and
+    prm_evaluation scores the result like any PRM; a hard run on the same rows trains to other weights."""
+    import mlflow
+
+    resources = build_resources(storage=StorageResource(root=local_root))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["world-a"])
+    assert materialize(ALL, selection=[labels_stub], partition_key="world-a", instance=instance,
+                       resources=resources).success
+    soft = {"label_kind": "soft", "datasets": ["world-a"], "lr": 3e-3, "checkpoint_every": 100, "epochs": 4.0}
+    res = materialize(ALL, selection=[policy_stub, prm_base_stub, bench_stub, prm_model, prm_evaluation],
+                      instance=instance, resources=resources,
+                      run_config={"ops": {"prm_model": {"config": soft}}})
+    assert res.success
+    checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
+    assert checks["training_sane"].passed and checks["steps_scored"].passed
+    assert checks["loss_decreased"].passed, checks["loss_decreased"].metadata
+    m = {k: v.value for k, v in res.asset_materializations_for_node("prm_model")[0].metadata.items()}
+    assert m["settings"]["label_kind"] == "soft" and m["rows"] == len(LABELS_A)
+    assert m["encode_stats"]["examples_kept"] > 0 and "rejected_bad_label_value" not in m["encode_stats"]
+    e = {k: v.value for k, v in res.asset_materializations_for_node("prm_evaluation")[0].metadata.items()}
+    assert 0.0 <= e["world_f1"] <= 1.0 and e["steps_unscored"] == 0 and e["world_n_error"] > 0
+    client = mlflow.MlflowClient(resources["mlflow"].tracking_uri)
+    assert client.get_run(m["mlflow_run_id"]).data.params["label_kind"] == "soft"
+    hard = materialize(ALL, selection=[prm_model], instance=instance, resources=resources,
+                       run_config={"ops": {"prm_model": {"config": {**soft, "label_kind": "hard"}}}})
+    h = {k: v.value for k, v in hard.asset_materializations_for_node("prm_model")[0].metadata.items()}
+    assert h["uri"] != m["uri"]  # the label kind is part of the run key: never resumed from the soft run

@@ -164,3 +164,25 @@ def test_class_weights_balance_skewed_labels() -> None:
     plain, n = prm_loss(logits, labels, "ce")
     weighted, _ = prm_loss(logits, labels, "ce", (w_wrong, w_right))
     assert n == 2 and weighted.item() == pytest.approx(plain.item() / 2 * (w_wrong + w_right))
+
+
+def test_soft_labels_train_with_bce_against_the_value(tmp_path: Path) -> None:
+    """``label_kind: soft`` trains on float targets (BCE; 'ce' becomes 'bce') and the loss falls."""
+    from prmforge.prm.pipeline import training_rows
+
+    rows = [{**r, "soft_labels": [0.8 if ok else 0.0 for ok in r["labels"]]} for r in synthetic_rows(48)]
+    with pytest.raises(ValueError, match="no soft_labels"):
+        training_rows([{**rows[0], "soft_labels": None}], "soft")
+    soft = training_rows(rows, "soft")
+    assert soft[0]["labels"] == rows[0]["soft_labels"] and training_rows(rows, "hard")[0]["labels"] == rows[0]["labels"]
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, seed=0)
+    examples, _ = encode_dataset(tok, soft, model.config.step_token_id, 96)
+    assert {v for ex in examples for v in ex.labels if v >= 0} == {0.0, 0.8}
+    cfg = train_settings(lr=3e-3, epochs=6, micro_batch_size=8, grad_accum=2, seed=1, checkpoint_every=1000,
+                         label_kind="soft")
+    assert cfg.loss == "ce" and cfg.effective_loss == "bce"
+    assert train_settings(label_kind="soft", loss="mse").effective_loss == "mse"
+    res = train_prm(model, examples, cfg, tok.pad_token_id)
+    losses = [h["loss"] for h in res.history]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.85 * first, (first, last)

@@ -27,6 +27,28 @@ MC_STATUSES = ("ok", "error", "empty", "skipped")
 JUDGE_STATUSES = ("ok", "unparsed", "abstain", "error", "skipped")
 
 
+def _list_range(table: pa.Table, column: str) -> dict[str, pd.Series]:
+    """Per-row min and max of a float list column (nulls inside skipped; an empty list reads 0.0)."""
+    values = [[x for x in (v or []) if x is not None and x == x] for v in table.column(column).to_pylist()]
+    return {f"{column}_min": pd.Series([min(v) if v else 0.0 for v in values], dtype="float64"),
+            f"{column}_max": pd.Series([max(v) if v else 0.0 for v in values], dtype="float64")}
+
+
+def _in_unit(column: str) -> list:
+    """The derived min and max of ``column`` lie in [0, 1]."""
+    e = gxe()
+    return [e.ExpectColumnValuesToBeBetween(column=f"{column}_{end}", min_value=0.0, max_value=1.0)
+            for end in ("min", "max")]
+
+
+def _provenance() -> list:
+    """Every export row names its labeler, MC labeler, judge and K."""
+    e = gxe()
+    return [e.ExpectColumnValuesToBeInSet(column="labeler", value_set=["consensus"]),
+            *[e.ExpectColumnValuesToNotBeNull(column=c) for c in ("mc_labeler", "judge", "rollout_id")],
+            e.ExpectColumnValuesToBeBetween(column="k", min_value=1)]
+
+
 def _rows(upstream_rows: int | None) -> list:
     """Row count equals the upstream's, when the caller knows it."""
     return [] if upstream_rows is None else [gxe().ExpectTableRowCountToEqual(value=upstream_rows)]
@@ -128,9 +150,10 @@ def mc_contract(k: int, upstream_rollouts: int | None, max_failed_share: float) 
     """``mc_step_labels``: every rollout labelled or failed with a status, K as configured, values in range."""
     def derive(t: pa.Table) -> dict[str, pd.Series]:
         soft = [v or [] for v in t.column("probe_soft").to_pylist()]
-        return {"n_steps": list_len(t, "steps"),
+        return {"n_steps": list_len(t, "steps"), "n_values": list_len(t, "step_values"),
                 "probe_soft_min": pd.Series([min(v) if v else 0.0 for v in soft], dtype="float64"),
                 "probe_soft_max": pd.Series([max(v) if v else 0.0 for v in soft], dtype="float64"),
+                **_list_range(t, "step_values"),
                 "failed": is_not_in(t, "status", {"ok", "skipped"})}
 
     def expectations() -> list:
@@ -143,13 +166,18 @@ def mc_contract(k: int, upstream_rollouts: int | None, max_failed_share: float) 
             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="first_error"),
             e.ExpectColumnValuesToBeBetween(column="probe_soft_min", min_value=0.0, max_value=1.0),
             e.ExpectColumnValuesToBeBetween(column="probe_soft_max", min_value=0.0, max_value=1.0),
+            *_in_unit("step_values"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_steps", column_B="n_values"),
+            e.ExpectColumnValuesToBeBetween(column="prefix_value", min_value=0.0, max_value=1.0),
+            *[e.ExpectColumnValuesToNotBeNull(column=c) for c in ("labeler", "engine", "model")],
             e.ExpectColumnMeanToBeBetween(column="failed", max_value=max_failed_share),
             *_rows(upstream_rollouts),
         ]
 
     return Contract("mc_contract", "mc_step_labels", expectations, derive, (
         "one row per rollout (labelled, or failed with its status)", f"K={k}",
-        "first_error in [-1, steps)", "MC values in [0, 1]", f"share not ok <= {max_failed_share}",
+        "first_error in [-1, steps)", "MC values in [0, 1]", "one step value per step, values and prefix "
+        "value in [0, 1]", "labeler, engine and model named", f"share not ok <= {max_failed_share}",
     ))
 
 
@@ -177,12 +205,16 @@ def judge_contract(upstream_rollouts: int | None, max_unusable_share: float) -> 
 def consensus_contract(ks: list[int], upstream_rollouts: int | None, min_kept_share: float) -> Contract:
     """``consensus_labels``: labels consistent with the steps and first error; kept share above the floor."""
     def derive(t: pa.Table) -> dict[str, pd.Series]:
-        return {"n_steps": list_len(t, "steps"), "n_labels": list_len(t, "labels")}
+        return {"n_steps": list_len(t, "steps"), "n_labels": list_len(t, "labels"),
+                "n_soft": list_len(t, "soft_labels"), **_list_range(t, "soft_labels")}
 
     def expectations() -> list:
         e = gxe()
         out = [
             e.ExpectColumnValuesToBeUnique(column="rollout_id"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_labels", column_B="n_soft"),
+            *_in_unit("soft_labels"),
+            *_provenance(),
             e.ExpectColumnValuesToBeInSet(column="k", value_set=list(ks)),
             e.ExpectColumnValuesToBeBetween(column="first_error", min_value=-1),
             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="n_steps", column_B="first_error"),
@@ -196,7 +228,7 @@ def consensus_contract(ks: list[int], upstream_rollouts: int | None, min_kept_sh
 
     return Contract("consensus_contract", "consensus_labels", expectations, derive, (
         "rollout_id unique", f"K in {list(ks)} (the MC labels')", "first_error in [-1, steps)",
-        "1 <= labels <= steps",
+        "1 <= labels <= steps", "one soft label in [0, 1] per label", "provenance: labeler, MC labeler, judge, K",
         f"kept share >= {min_kept_share}",
     ))
 
@@ -212,11 +244,68 @@ def trl_contract(upstream_rows: int | None) -> Contract:
             e.ExpectColumnValuesToNotBeNull(column="prompt"),
             e.ExpectColumnPairValuesToBeEqual(column_A="n_completions", column_B="n_labels"),
             e.ExpectColumnValuesToBeBetween(column="n_completions", min_value=1),
+            *_provenance(),
             *_rows(upstream_rows),
         ]
 
-    return Contract("trl_contract", "trl", expectations, derive, (
-        "one row per kept rollout", "as many labels as completions", "prompt present",
+    return Contract("trl_contract", "consensus_labels_trl", expectations, derive, (
+        "one row per kept rollout", "as many labels as completions", "prompt present", "provenance present",
+    ))
+
+
+def trl_soft_contract(upstream_rows: int | None) -> Contract:
+    """The soft TRL export: one row per kept rollout, one label in [0, 1] and one advantage per completion."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        return {"n_completions": list_len(t, "completions"), "n_labels": list_len(t, "labels"),
+                "n_advantages": list_len(t, "advantages"), **_list_range(t, "labels"),
+                **_list_range(t, "advantages")}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnValuesToNotBeNull(column="prompt"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_completions", column_B="n_labels"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_completions", column_B="n_advantages"),
+            e.ExpectColumnValuesToBeBetween(column="n_completions", min_value=1),
+            *_in_unit("labels"),
+            *[e.ExpectColumnValuesToBeBetween(column=f"advantages_{end}", min_value=-1.0, max_value=1.0)
+              for end in ("min", "max")],
+            *_provenance(),
+            *_rows(upstream_rows),
+        ]
+
+    return Contract("trl_soft_contract", "consensus_labels_trl_soft", expectations, derive, (
+        "one row per kept rollout", "one soft label in [0, 1] and one advantage in [-1, 1] per completion",
+        "prompt present", "provenance present",
+    ))
+
+
+def openrlhf_contract(upstream_rows: int | None, placeholder: str = "ки") -> Contract:
+    """The OpenRLHF export: one +/- label and one value in [0, 1] per placeholder in the input."""
+    def derive(t: pa.Table) -> dict[str, pd.Series]:
+        labels = t.column("label").to_pylist()
+        return {"n_placeholders": pd.Series([(v or "").count(placeholder) for v in t.column("input").to_pylist()],
+                                            dtype="int64"),
+                "n_labels": list_len(t, "label"), "n_values": list_len(t, "value"),
+                "bad_label": pd.Series([float(any(x not in ("+", "-") for x in (v or []))) for v in labels],
+                                       dtype="float64"),
+                **_list_range(t, "value")}
+
+    def expectations() -> list:
+        e = gxe()
+        return [
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_placeholders", column_B="n_labels"),
+            e.ExpectColumnPairValuesToBeEqual(column_A="n_labels", column_B="n_values"),
+            e.ExpectColumnValuesToBeBetween(column="n_labels", min_value=1),
+            e.ExpectColumnValuesToBeInSet(column="bad_label", value_set=[0.0]),
+            *_in_unit("value"),
+            *_provenance(),
+            *_rows(upstream_rows),
+        ]
+
+    return Contract("openrlhf_contract", "consensus_labels_openrlhf", expectations, derive, (
+        f"one label and one value per {placeholder!r} placeholder", "labels are '+' or '-'", "values in [0, 1]",
+        "provenance present",
     ))
 
 

@@ -1,4 +1,4 @@
-"""Consensus filtering of MC and judge labels, its validation, and the TRL export.
+"""Consensus filtering of MC and judge labels and its validation (the exports: ``prmforge.labeling.exports``).
 
 Why consensus: Monte Carlo estimation mislabels steps (a lucky completion
 rescues a wrong step, an unlucky K misses a right one) and a judge misses
@@ -10,15 +10,14 @@ first-error index equals the judge's (-1 and -1 agree).
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from prmforge.labeling.mc import labels_for
+from prmforge.labeling.soft import CONSENSUS_LABELER, advantages, mc_labeler, soft_labels
 
 CONSENSUS_SCHEMA = pa.schema(
     [
@@ -32,14 +31,22 @@ CONSENSUS_SCHEMA = pa.schema(
         pa.field("mc_mode", pa.string(), nullable=False),
         pa.field("k", pa.int64(), nullable=False),
         pa.field("judge", pa.string(), nullable=False),
-    ]
-)
-
-TRL_SCHEMA = pa.schema(
-    [
-        pa.field("prompt", pa.string()),
-        pa.field("completions", pa.list_(pa.string())),
-        pa.field("labels", pa.list_(pa.bool_())),
+        # soft labels (prmforge.labeling.soft states the conventions), one per kept step
+        pa.field("soft_labels", pa.list_(pa.float64()), nullable=False),  # training target of label_kind soft
+        pa.field("step_values", pa.list_(pa.float64()), nullable=False),  # MC value; null = not probed
+        pa.field("step_k", pa.list_(pa.int64()), nullable=False),
+        pa.field("prefix_value", pa.float64()),
+        pa.field("step_advantages", pa.list_(pa.float64()), nullable=False),
+        # provenance: who labelled the row, with what
+        pa.field("labeler", pa.string(), nullable=False),  # consensus
+        pa.field("mc_labeler", pa.string(), nullable=False),  # mc_per_step | mc_binary (+ strategies)
+        pa.field("seed", pa.int64()),  # MC sampling seed
+        pa.field("engine", pa.string()),  # MC engine backend
+        pa.field("model", pa.string()),  # MC policy model
+        pa.field("model_hash", pa.string()),
+        pa.field("judge_identity", pa.string()),
+        pa.field("judge_status", pa.string(), nullable=False),
+        pa.field("judge_verdict", pa.int64()),  # the judge's first error (equals first_error when kept)
     ]
 )
 
@@ -119,6 +126,8 @@ def build_consensus(mc: pa.Table, judge: pa.Table, judge_name: str) -> Consensus
         assert m is not None
         fe = int(m["first_error"])
         labels = labels_for(fe, len(m["steps"]))
+        n = len(labels)
+        values = list(m.get("step_values") or [None] * len(m["steps"]))[:n]
         kept.append({
             "problem_id": m["problem_id"],
             "rollout_id": rid,
@@ -130,6 +139,17 @@ def build_consensus(mc: pa.Table, judge: pa.Table, judge_name: str) -> Consensus
             "mc_mode": m["mc_mode"],
             "k": int(m["k"]),
             "judge": judge_name,
+            "soft_labels": soft_labels(labels, values),
+            "step_values": values,
+            "step_k": list(m.get("step_k") or [0] * len(m["steps"]))[:n],
+            "prefix_value": m.get("prefix_value"),
+            "step_advantages": advantages(values, m.get("prefix_value")),
+            "labeler": CONSENSUS_LABELER,
+            "mc_labeler": m.get("labeler") or mc_labeler(m["mc_mode"]),
+            **{key: m.get(key) for key in ("seed", "engine", "model", "model_hash")},
+            "judge_identity": j.get("judge_identity") if j else None,
+            "judge_status": j["status"] if j else "missing",
+            "judge_verdict": j["first_error"] if j else None,
         })
     table = pa.Table.from_pylist(kept, schema=CONSENSUS_SCHEMA)
     return ConsensusResult(table, total=len(ids), kept=len(kept), breakdown=dict(breakdown),
@@ -174,29 +194,3 @@ def validate_consensus(table: pa.Table, rollout_ids: Iterable[str] | None = None
         source = Counter(rollout_ids)
         untraceable = sorted(r["rollout_id"] for r in rows if source.get(r["rollout_id"], 0) != 1)
     return Validation(mismatch, after, dups, untraceable)
-
-
-# ---------------------------------------------------------------------------
-# TRL stepwise-supervision export
-# ---------------------------------------------------------------------------
-def to_trl(table: pa.Table) -> pa.Table:
-    """TRL's stepwise-supervision format: ``prompt``, ``completions`` (steps), ``labels``.
-
-    ``trl.PRMTrainer`` reads exactly these three columns; the prompt is the
-    problem prompt the policy saw, each completion one kept step.
-    """
-    return pa.table(
-        {
-            "prompt": table.column("prompt").cast(pa.string()),
-            "completions": table.column("steps").cast(pa.list_(pa.string())),
-            "labels": table.column("labels").cast(pa.list_(pa.bool_())),
-        },
-        schema=TRL_SCHEMA,
-    )
-
-
-def trl_parquet_bytes(table: pa.Table) -> bytes:
-    """The TRL export as Parquet bytes (written atomically by ``Storage``)."""
-    buf = io.BytesIO()
-    pq.write_table(to_trl(table), buf)
-    return buf.getvalue()

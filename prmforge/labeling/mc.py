@@ -123,6 +123,7 @@ class MCResult:
     probe_steps: list[int] = field(default_factory=list)
     probe_soft: list[float] = field(default_factory=list)
     probe_hard: list[bool] = field(default_factory=list)
+    probe_k: list[int] = field(default_factory=list)  # completions each probe's value rests on (failed ones excluded)
     completions: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
@@ -396,6 +397,7 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             r.probe_steps.append(step)
             r.probe_soft.append(pr.soft)
             r.probe_hard.append(hard)
+            r.probe_k.append(pr.completions - pr.failed)
             searches[idx].observe(step, hard)
         for idx in touched:
             results[idx].rounds += 1

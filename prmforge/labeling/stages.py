@@ -30,12 +30,13 @@ from prmforge.labeling.consensus import (
     ConsensusResult,
     Validation,
     build_consensus,
-    trl_parquet_bytes,
     validate_consensus,
 )
+from prmforge.labeling.exports import BUILDERS, OPENRLHF, TRL, TRL_SOFT
 from prmforge.labeling.judges import Judge, Judgement
 from prmforge.labeling.mc import AdaptiveValue, EngineValue, MCItem, MCResult, default_grader, run_search
 from prmforge.labeling.settings import ConsensusSettings, JudgeSettings, MCSettings
+from prmforge.labeling.soft import MC_DERIVED_FIELDS, judge_identity, model_content_hash, with_mc_soft_columns
 from prmforge.schemas import register_schema
 from prmforge.sharding import LocalExecutor, Progress, ShardedResult, ShardExecutor, fingerprint, run_sharded
 from prmforge.steps import resolve_separator
@@ -44,9 +45,10 @@ from prmforge.storage import Storage
 MC = "mc_step_labels"
 JUDGE = "judge_step_labels"
 CONSENSUS = "consensus_labels"
-TRL = "consensus_labels_trl"
+EXPORTS = {TRL: "trl_export", TRL_SOFT: "trl_soft_export", OPENRLHF: "openrlhf_export"}  # dataset -> metadata key
 
-MC_SCHEMA = register_schema(MC, pa.schema([
+# what each resumable shard holds; the finished table adds the derived columns (prmforge.labeling.soft)
+MC_SHARD_SCHEMA = pa.schema([
     pa.field("rollout_id", pa.string(), nullable=False),
     pa.field("problem_id", pa.string(), nullable=False),
     pa.field("dataset", pa.string(), nullable=False),
@@ -62,14 +64,19 @@ MC_SCHEMA = register_schema(MC, pa.schema([
     pa.field("probe_steps", pa.list_(pa.int64()), nullable=False),
     pa.field("probe_soft", pa.list_(pa.float64()), nullable=False),
     pa.field("probe_hard", pa.list_(pa.bool_()), nullable=False),
+    pa.field("probe_k", pa.list_(pa.int64()), nullable=False),  # completions behind each probed value
     pa.field("completions", pa.int64(), nullable=False),
     pa.field("generated_tokens", pa.int64(), nullable=False),
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("rounds", pa.int64(), nullable=False),
     pa.field("detail", pa.string()),
-]))
+])
+MC_SCHEMA = register_schema(MC, pa.schema([*MC_SHARD_SCHEMA, *MC_DERIVED_FIELDS]))
+# bumped when the shard schema changes, so shards written by an older version are never read back
+MC_SHARD_VERSION = 2
 
-JUDGE_SCHEMA = register_schema(JUDGE, pa.schema([
+# what each resumable judge shard holds; the finished table adds judge_identity
+JUDGE_SHARD_SCHEMA = pa.schema([
     pa.field("rollout_id", pa.string(), nullable=False),
     pa.field("problem_id", pa.string(), nullable=False),
     pa.field("dataset", pa.string(), nullable=False),
@@ -80,6 +87,10 @@ JUDGE_SCHEMA = register_schema(JUDGE, pa.schema([
     pa.field("raw_output", pa.string()),
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("completion_tokens", pa.int64(), nullable=False),
+])
+JUDGE_SCHEMA = register_schema(JUDGE, pa.schema([
+    *JUDGE_SHARD_SCHEMA,
+    pa.field("judge_identity", pa.string(), nullable=False),  # canonical JSON of what changes the verdicts
 ]))
 
 register_schema(CONSENSUS, CONSENSUS_SCHEMA)
@@ -144,11 +155,12 @@ def mc_rows(rows: list[dict[str, Any]], results: list[MCResult], s: MCSettings) 
             "prompt": row["prompt"], "steps": list(row["steps"] or []), "gold_answer": row.get("gold_answer"),
             "final_correct": bool(row.get("correct")), "mc_mode": s.strategy, "k": s.k, "status": r.status,
             "first_error": r.first_error, "labels": r.labels, "probe_steps": r.probe_steps,
-            "probe_soft": r.probe_soft, "probe_hard": r.probe_hard, "completions": r.completions,
+            "probe_soft": r.probe_soft, "probe_hard": r.probe_hard, "probe_k": r.probe_k,
+            "completions": r.completions,
             "generated_tokens": r.generated_tokens, "prompt_tokens": r.prompt_tokens, "rounds": r.rounds,
             "detail": r.detail or None,
         })
-    return pa.Table.from_pylist(out, schema=MC_SCHEMA)
+    return pa.Table.from_pylist(out, schema=MC_SHARD_SCHEMA)
 
 
 def mc_summary(table: pa.Table) -> dict[str, float]:
@@ -203,6 +215,7 @@ def label_mc(
     rows = rollouts.to_pylist()
     run_key = fingerprint({
         "settings": s.run_fingerprint(), "engine": engine.identity(), "separator": separator,
+        "shard_version": MC_SHARD_VERSION,
         "rollouts": fingerprint([(r["rollout_id"], r["prompt"], r["steps"], r.get("text"), r.get("gold_answer"),
                                   bool(r.get("correct")), bool(r.get("truncated", False))) for r in rows]),
     })
@@ -229,12 +242,15 @@ def label_mc(
 
     executor = executor or LocalExecutor()
     try:
-        result = run_sharded(storage, MC, partition, run_key, units, size, work, MC_SCHEMA, on_progress,
+        result = run_sharded(storage, MC, partition, run_key, units, size, work, MC_SHARD_SCHEMA, on_progress,
                              executor=executor, token_column="generated_tokens")
     finally:
         for e in built:
             e.close()
-    return MCRun(result.table, run_key, result, s, engine.model, executor.describe())
+    provenance = {"seed": s.seed, "engine": engine.backend, "model": storage.ref(engine.model),
+                  "model_hash": model_content_hash(engine.model)}
+    table = with_mc_soft_columns(result.table, rows, provenance, MC_SCHEMA)
+    return MCRun(table, run_key, result, s, engine.model, executor.describe())
 
 
 # ---------------------------------------------------------------------------
@@ -320,17 +336,23 @@ def label_judge(
             "status": v.status, "first_error": v.first_error, "detail": v.detail or None,
             "raw_output": v.raw_output or None, "prompt_tokens": v.prompt_tokens,
             "completion_tokens": v.completion_tokens,
-        } for r, v in zip(chunk, verdicts, strict=True)], schema=JUDGE_SCHEMA)
+        } for r, v in zip(chunk, verdicts, strict=True)], schema=JUDGE_SHARD_SCHEMA)
+
+    identity = judge_identity(judge.identity())
+
+    def finished(table: pa.Table) -> pa.Table:
+        column = pa.array([identity] * table.num_rows, pa.string())
+        return table.append_column(JUDGE_SCHEMA.field("judge_identity"), column)
 
     if not judge.resumable:  # milliseconds: nothing to resume
-        return JudgeRun(work(rows, 0), name)
+        return JudgeRun(finished(work(rows, 0)), name)
     run_key = fingerprint({"settings": settings.run_fingerprint(), "judge": judge.identity(),
                            "rows": fingerprint([(r["rollout_id"], r["steps"]) for r in rows]),
                            "problems": fingerprint(sorted(texts.items()))})
     executor = executor or LocalExecutor()
-    res = run_sharded(storage, JUDGE, partition, run_key, rows, settings.shard_size, work, JUDGE_SCHEMA,
+    res = run_sharded(storage, JUDGE, partition, run_key, rows, settings.shard_size, work, JUDGE_SHARD_SCHEMA,
                       executor=executor)
-    return JudgeRun(res.table, name, run_key, res, executor.describe())
+    return JudgeRun(finished(res.table), name, run_key, res, executor.describe())
 
 
 # ---------------------------------------------------------------------------
@@ -338,14 +360,14 @@ def label_judge(
 # ---------------------------------------------------------------------------
 @dataclass
 class ConsensusRun:
-    """One ``label_consensus`` call: kept rows, the TRL export, the oracle audit and the checks."""
+    """One ``label_consensus`` call: kept rows, the exports, the oracle audit and the checks."""
 
     table: pa.Table
     result: ConsensusResult
     audit: AuditResult
     validation: Validation
     settings: ConsensusSettings
-    trl_url: str
+    export_urls: dict[str, str]  # export dataset -> URL (prmforge.labeling.exports)
     judge: str
     modes: str
     ks: str
@@ -364,7 +386,7 @@ class ConsensusRun:
         return {"judge": self.judge, "mc_mode": self.modes, "k": self.ks, "partition": partition}
 
     def metadata(self) -> dict[str, Any]:
-        """Everything but the TRL URL (``trl_url``), which the asset shows as a link."""
+        """Everything but the export URLs (``export_urls``), which the asset shows as links."""
         res, report = self.result, self.audit
         out: dict[str, Any] = {
             "rows": self.table.num_rows, "kept": res.kept, "kept_share": round(res.kept_share, 4),
@@ -404,15 +426,14 @@ def label_consensus(
     rollouts: pa.Table,
     settings: ConsensusSettings,
 ) -> ConsensusRun:
-    """Keep the rollouts on which MC and the judge agree; write the TRL export; audit against the world oracle."""
+    """Keep the rollouts on which MC and the judge agree; write the exports; audit against the world oracle."""
     judge_names = ",".join(sorted(set(judge.column("judge").to_pylist())) or ["none"])
     res = build_consensus(mc, judge, judge_names)
-    storage.write_bytes_atomic(storage.path("datasets", TRL, partition, "data.parquet"),
-                               trl_parquet_bytes(res.table))
+    urls = {name: storage.write_dataset(name, BUILDERS[name](res.table), partition) for name in EXPORTS}
     report = audit(seed_problems, mc, judge, res.table, target=settings.audit_target)
     validation = validate_consensus(res.table, rollouts.column("rollout_id").to_pylist())
     return ConsensusRun(
-        res.table, res, report, validation, settings, storage.url("datasets", TRL, partition, "data.parquet"),
+        res.table, res, report, validation, settings, urls,
         judge_names, ",".join(sorted(set(mc.column("mc_mode").to_pylist()))),
         ",".join(map(str, sorted(set(mc.column("k").to_pylist())))),
     )

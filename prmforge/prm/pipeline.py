@@ -83,6 +83,21 @@ def select_rows(table: pa.Table, datasets: Sequence[str] | None) -> list[dict]:
     return rows
 
 
+def training_rows(rows: Sequence[dict], label_kind: str) -> list[dict]:
+    """The rows with the labels ``label_kind`` trains on: ``soft`` puts the MC values (``soft_labels``) in ``labels``.
+
+    Rows without soft labels (labelled before they existed) are a clear
+    error, never a silent fallback to hard labels.
+    """
+    if label_kind == "hard":
+        return list(rows)
+    missing = sum(1 for r in rows if r.get("soft_labels") is None)
+    if missing:
+        raise ValueError(f"label_kind 'soft': {missing} of {len(rows)} label rows have no soft_labels; "
+                         "rematerialise mc_step_labels and consensus_labels")
+    return [{**r, "labels": r["soft_labels"]} for r in rows]
+
+
 def fit(
     rows: Sequence[dict],
     s: PRMTrainSettings,
@@ -104,7 +119,8 @@ def fit(
                            trust_remote_code=s.trust_remote_code, step_token_init=s.step_token_init,
                            surprisal=s.surprisal, head_hidden=s.head_hidden,
                            surprisal_reference=s.surprisal_reference, standard=s.head_kind == "standard")
-    examples, stats = encode_dataset(tok, rows, model.config.step_token_id, model.config.max_length)
+    examples, stats = encode_dataset(tok, training_rows(rows, s.label_kind), model.config.step_token_id,
+                                     model.config.max_length)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None
     progress = ProgressLog("PRM training", total_steps(len(examples), s), log) if log else None

@@ -26,7 +26,12 @@ class PRMTrainSettings(StageSettings):
         "overrides head, surprisal and head_hidden")
     head: Literal["two_class", "scalar"] = Field("two_class", description="two_class: right/wrong logits per "
                                                  "step; scalar: one score per step")
-    loss: Literal["ce", "bce", "mse"] = Field("ce", description="loss on the step labels")
+    loss: Literal["ce", "bce", "mse"] = Field("ce", description="loss on the step labels ('ce' with label_kind "
+                                             "soft means 'bce')")
+    label_kind: Literal["hard", "soft"] = Field(
+        "hard", description="hard: the consensus labels (right/wrong per step); soft: the per-step MC values "
+        "(consensus_labels.soft_labels, the hard label where no value was measured), trained with BCE against "
+        "the value (docs/labeling.md#soft-labels-advantages-and-provenance)")
     max_length: int | None = Field(None, description="tokens per training example; None = the base model's "
                                    "context (trailing steps past it are dropped and counted)")
     lr: float = Field(3e-3, description="peak learning rate of the head; the backbone gets lr x backbone_lr_ratio")
@@ -61,6 +66,12 @@ class PRMTrainSettings(StageSettings):
                              "batch is num_workers x micro_batch_size x grad_accum")
     max_restarts: int = Field(0, ge=0, description="num_workers > 1: torchrun restarts of the process group after a "
                               "failure (each resumes from the last checkpoint); 0 = a failure fails the step")
+
+
+    @property
+    def effective_loss(self) -> Literal["ce", "bce", "mse"]:
+        """The loss training uses: soft labels have no class index, so 'ce' becomes 'bce' on them."""
+        return "bce" if self.label_kind == "soft" and self.loss == "ce" else self.loss
 
 
 class PRMEvalSettings(StageSettings):

@@ -337,7 +337,7 @@ def train_prm(
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = device.type == "cuda" and cfg.bf16
-    hard = cfg.loss == "ce"
+    hard = cfg.effective_loss == "ce"
     lengths = [len(ex.input_ids) for ex in examples]
     weights = class_weights(examples) if cfg.class_balance else None
     history: list[dict[str, float]] = []
@@ -364,7 +364,7 @@ def train_prm(
             ctx = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = wrapped(batch["input_ids"], batch["attention_mask"], batch["step_mask"])
-                loss_sum, _ = prm_loss(logits, batch["labels"], cfg.loss, weights)
+                loss_sum, _ = prm_loss(logits, batch["labels"], cfg.effective_loss, weights)
                 (loss_sum / norm).backward()
             step_loss += float(loss_sum.detach())
             step_tokens += int(batch["attention_mask"].sum())
