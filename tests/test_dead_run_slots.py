@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from daemon_helpers import dagster_daemon, wait_for, write_workspace
 
 from pipelines import cli
 from pipelines.automation import GPU_POOL
@@ -147,55 +148,36 @@ defs = dg.Definitions(assets=[gpu_step],
 """
 
 
-def _wait(condition, what: str, timeout: float = 45.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
-
-
 def test_daemon_monitoring_frees_the_slot_of_a_killed_launched_run(dagster_home: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The UI/daemon path, with the instance config the CLI ships (its delay shortened to 2 s)."""
-    import logging
+    """The UI/daemon path: a real ``dagster-daemon`` with the instance config the CLI ships.
 
-    from dagster._cli.job import _create_run
-    from dagster._core.test_utils import create_test_daemon_workspace_context
-    from dagster._core.workspace.load_target import PythonFileTarget
-    from dagster._daemon.monitoring import execute_concurrency_slots_iteration
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
-
-    shipped = "free_slots_after_run_end_seconds: 30"
-    assert shipped in cli.DAGSTER_YAML and "enabled: true" in cli.DAGSTER_YAML
+    Only the delays are shortened (slots freed 2 s after the run ends, checked every 2 s). The run is
+    submitted with ``dagster job launch``; the daemon's run queue launches it through a code server.
+    """
+    shipped = ("poll_interval_seconds: 30", "free_slots_after_run_end_seconds: 30")
+    assert all(line in cli.DAGSTER_YAML for line in shipped) and "enabled: true" in cli.DAGSTER_YAML
     dagster_home.mkdir(parents=True)
     (dagster_home / "dagster.yaml").write_text(
-        cli.DAGSTER_YAML.replace(shipped, "free_slots_after_run_end_seconds: 2"))
+        cli.DAGSTER_YAML.replace(shipped[0], "poll_interval_seconds: 2").replace(shipped[1],
+                                                                             "free_slots_after_run_end_seconds: 2"))
     location = tmp_path / "location.py"
     location.write_text(LOCATION)
+    workspace = write_workspace(tmp_path / "workspace.yaml", location, "defs", "gpu_location")
     marker = tmp_path / "holding-the-gpu"
     monkeypatch.setenv("PRMFORGE_TEST_MARKER", str(marker))
-    logger = logging.getLogger("test_dead_run_slots")
+    log = tmp_path / "daemon.log"
     killed: list[int] = []
 
-    with (
-        dg.DagsterInstance.get() as instance,
-        create_test_daemon_workspace_context(
-            PythonFileTarget(str(location), "defs", str(REPO), "gpu_location"), instance) as context,
-    ):
+    with dg.DagsterInstance.get() as instance, dagster_daemon(dagster_home, workspace, log):
         assert instance.run_monitoring_enabled  # the shipped config turns the monitoring daemon on
-        request = context.create_request_context()
-        code_location = request.get_code_location("gpu_location")
-        repo = code_location.get_repository("__repository__")
-        run = _create_run(instance=instance, code_location=code_location, remote_repo=repo,
-                          remote_job=repo.get_full_job("gpu_job"), run_config={}, tags={}, op_selection=None,
-                          run_id=None)
-        # The shipped config queues runs (concurrency.runs); the run queue daemon launches it with the
-        # DefaultRunLauncher: a run worker process of the code server.
-        instance.submit_run(run.run_id, request)
-        with QueuedRunCoordinatorDaemon(interval_seconds=1) as queue_daemon:
-            list(queue_daemon.run_iteration(context))
+        launch = subprocess.run([str(Path(sys.executable).with_name("dagster")), "job", "launch",
+                                 "-w", str(workspace), "-j", "gpu_job"], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert launch.returncode == 0, launch.stdout + launch.stderr
+        (run,) = instance.get_runs()
         try:
-            _wait(marker.exists, "the GPU step to start")
+            wait_for(marker.exists, "the GPU step to start", 180, log)
             storage = instance.event_log_storage
             assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
             worker, step = (int(p) for p in marker.read_text().split())
@@ -205,15 +187,12 @@ def test_daemon_monitoring_frees_the_slot_of_a_killed_launched_run(dagster_home:
                 killed.append(pid)
 
             # The code server notices its dead run worker and marks the run failed ...
-            _wait(lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
-                  "the code server to mark the run failed")
-            # ... but the slot stays claimed until the monitoring daemon frees it, after the delay.
-            assert storage.get_concurrency_info(GPU_POOL).active_run_ids == {run.run_id}
-            end = instance.get_run_record_by_id(run.run_id).end_time
-            time.sleep(max(0.0, end + 2.5 - time.time()))
-            list(execute_concurrency_slots_iteration(context, logger))
-            info = storage.get_concurrency_info(GPU_POOL)
-            assert info.active_slot_count == 0 and info.slot_count == 1
+            wait_for(lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+                     "the code server to mark the run failed", 60, log)
+            # ... and the daemon's monitoring frees its slot after the delay.
+            wait_for(lambda: storage.get_concurrency_info(GPU_POOL).active_slot_count == 0,
+                     "the monitoring daemon to free the slot", 60, log)
+            assert storage.get_concurrency_info(GPU_POOL).slot_count == 1
         finally:
             for pid in {int(p) for p in marker.read_text().split()} - set(killed) if marker.exists() else ():
                 try:

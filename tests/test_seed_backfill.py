@@ -1,34 +1,21 @@
 """A backfill of the seed stage over many datasets runs as ONE run, executed by the backfill daemon.
 
 Real parts: the backfill is submitted by ``prmforge backfill --daemon``'s own
-function (``cli.submit_backfill``) to a real instance, the code location is
-the project's ``build_defs`` loaded as a workspace, and the daemon's
-``execute_backfill_iteration`` plans and launches the runs; the storage root
-is a bucket on the moto S3 server.
+function (``cli.submit_backfill``) to a persistent instance with the config
+the CLI ships, the code location is the project's ``build_defs`` loaded from
+a workspace file, and a real ``dagster-daemon`` process plans the backfill and
+launches its runs through a code server; the storage root is a bucket on the
+moto S3 server.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    BACKFILL_ID_TAG,
-)
-from dagster._core.test_utils import create_test_daemon_workspace_context
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster._daemon.backfill import execute_backfill_iteration
+from daemon_helpers import dagster_daemon, wait_for, write_workspace
 
 from assets.common import table_data_version
 from assets.partitions import DATASETS_PARTITIONS_NAME
@@ -39,6 +26,10 @@ from prmforge.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_ASSETS = (SEED, QUARANTINE, DROPPED)
+# Dagster's run tags (as the UI shows them).
+DATA_VERSION_TAG = "dagster/data_version"
+BACKFILL_ID_TAG = "dagster/backfill"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 # Partition order is the order they are added; "ghost" (an unreachable source) sits inside the range.
 KEYS = ["alpha", "ghost", "beta", "gamma"]
 GOOD = ["alpha", "beta", "gamma"]
@@ -65,24 +56,24 @@ def location(tmp_path: Path, s3_root: str, monkeypatch: pytest.MonkeyPatch) -> P
     monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
     monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")  # the ghost fails once, not four times
     defs_file = tmp_path / "location.py"
+    # Only the asset graph: no sensor or automation launches runs beside the backfills this test drives.
     defs_file.write_text(
+        "import dagster as dg\n"
         "from pipelines.definitions import build_defs\n"
         "from resources.storage import StorageResource\n"
-        f"defs = build_defs(storage=StorageResource(root={s3_root!r}))\n"
+        f"full = build_defs(storage=StorageResource(root={s3_root!r}))\n"
+        "defs = dg.Definitions(assets=full.assets, asset_checks=full.asset_checks, resources=full.resources,\n"
+        "                      executor=full.executor)\n"
     )
     return defs_file
 
 
-def _run_backfill(instance: dg.DagsterInstance, context, defs: dg.Definitions) -> str:
+def _run_backfill(instance: dg.DagsterInstance, defs: dg.Definitions, log: Path) -> str:
+    """Submit a backfill over KEYS and wait for the running daemon to finish it (one tick is 30 s)."""
     backfill_id = cli.submit_backfill(defs, instance, KEYS, "key:seed_problems", title="seed backfill test")
-    logger = logging.getLogger("test_seed_backfill")
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        list(execute_backfill_iteration(context, logger))
-        backfill = instance.get_backfill(backfill_id)
-        if backfill.status != BulkActionStatus.REQUESTED:
-            return backfill_id
-    raise AssertionError(f"backfill {backfill_id} still {instance.get_backfill(backfill_id).status} after 120 s")
+    wait_for(lambda: instance.get_backfill(backfill_id).status.value != "REQUESTED",
+             f"the daemon to finish backfill {backfill_id}", 600, log, interval=1)
+    return backfill_id
 
 
 def _only_run(instance: dg.DagsterInstance, backfill_id: str) -> dg.DagsterRun:
@@ -92,16 +83,15 @@ def _only_run(instance: dg.DagsterInstance, backfill_id: str) -> dg.DagsterRun:
 
 
 def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
-        location: Path, s3_root: str, tmp_path: Path) -> None:
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(executable_path=sys.executable, python_file=str(location), attribute="defs",
-                             working_directory=str(REPO)),
-        location_name="prmforge",
-    )
-    with (
-        dg.instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
-        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as context,
-    ):
+        location: Path, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # The CLI's instance config; the daemon runs no automation here (see ``location``).
+    (home / "dagster.yaml").write_text(cli.DAGSTER_YAML + "auto_materialize:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    workspace = write_workspace(tmp_path / "workspace.yaml", location, "defs", "prmforge")
+    log = tmp_path / "daemon.log"
+    with dg.DagsterInstance.get() as instance, dagster_daemon(home, workspace, log):
         from pipelines.definitions import build_defs
         from resources.storage import StorageResource
 
@@ -109,12 +99,11 @@ def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
         instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, KEYS)
         storage = Storage(s3_root)
 
-        backfill_id = _run_backfill(instance, context, defs)
+        backfill_id = _run_backfill(instance, defs, log)
 
         # ONE run over the whole range; it fails because of the ghost, after writing the others.
         run = _only_run(instance, backfill_id)
-        assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("alpha",
-                                                                                                        "gamma")
+        assert tuple(run.tags[t] for t in RANGE_TAGS) == ("alpha", "gamma")
         assert run.status == dg.DagsterRunStatus.FAILURE
         failure = "\n".join(e.dagster_event.event_specific_data.error.to_string()
                             for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE))
@@ -155,14 +144,14 @@ def test_backfill_of_many_datasets_is_one_run_with_per_partition_results(
             assert sorted(data.materialized_subset.get_partitions_subset(key).get_partition_keys()) == sorted(GOOD)
             assert list(data.failed_and_downstream_subset.get_partitions_subset(key).get_partition_keys()) == [
                 "ghost"]
-        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_FAILED
+        assert instance.get_backfill(backfill_id).status.value == "COMPLETED_FAILED"
 
         # A second backfill after only beta's source changed: again one run, and only beta's data
         # version changes (what the downstream automation conditions read, per partition).
         before = instance.event_log_storage.get_maximum_record_id()
         (tmp_path / "beta.jsonl").write_text(_rows(("Bob has 10 coins and spends 1. How many?", "9"),
                                                    ("Cy has 8 hats and loses 2. How many?", "6")))
-        second = _run_backfill(instance, context, defs)
+        second = _run_backfill(instance, defs, log)
         assert _only_run(instance, second).run_id != run.run_id
         for name in (SEED, DROPPED):
             changed = instance.event_log_storage.get_updated_data_version_partitions(
@@ -187,7 +176,7 @@ def test_io_manager_refuses_a_range_output_instead_of_writing_it_unpartitioned(l
         instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, ["a", "b"])
         result = dg.materialize([range_table], instance=instance, raise_on_error=False,
                                 resources=build_resources(storage=StorageResource(root=local_root)),
-                                tags={ASSET_PARTITION_RANGE_START_TAG: "a", ASSET_PARTITION_RANGE_END_TAG: "b"})
+                                tags=dict(zip(RANGE_TAGS, ("a", "b"), strict=True)))
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "this run covers 2 partitions" in failure.event_specific_data.error.to_string()
