@@ -95,15 +95,28 @@ def test_settings_reference_is_current() -> None:
         "regenerate: python -m prmforge.profiles > docs/settings.md")
 
 
-def test_engine_resource_offers_every_engine_config_field() -> None:
-    """The policy engine resource is generated from ``EngineConfig``: same fields and defaults."""
+def test_engine_and_judge_resources_offer_every_engine_config_field() -> None:
+    """Both engine resources are generated from ``EngineConfig``: same fields, defaults and descriptions."""
     from prmforge.engines.factory import EngineConfig
     from resources.engine import EngineResource
+    from resources.judge import JudgeResource
 
-    for name, f in EngineConfig.model_fields.items():
-        assert name in EngineResource.model_fields, name
-        assert EngineResource.model_fields[name].get_default() == f.get_default(), name
-        if name != "model":  # the resource adds what an empty model means
-            assert EngineResource.model_fields[name].description == f.description, name
+    assert EngineConfig.model_config.get("extra") == "forbid"
+    undocumented = [n for n, f in EngineConfig.model_fields.items() if not (f.description or "").strip()]
+    assert not undocumented, f"EngineConfig: fields without a description: {undocumented}"
+    with pytest.raises(ValidationError, match="extra"):
+        EngineConfig(no_such_field=1)
+    # What each resource deliberately says differently (its own default or meaning of the field).
+    own = {EngineResource: {"model"}, JudgeResource: {"model", "batch_size", "timeout_s"}}
+    for resource, overridden in own.items():
+        for name, f in EngineConfig.model_fields.items():
+            assert name in resource.model_fields, (resource.__name__, name)
+            if name not in overridden:
+                assert resource.model_fields[name].get_default() == f.get_default(), (resource.__name__, name)
+                assert resource.model_fields[name].description == f.description, (resource.__name__, name)
+    assert all((f.description or "").strip() for f in JudgeResource.model_fields.values())
     cfg = EngineResource(backend="openai", model="m", max_retries=1).config()
     assert (cfg.backend, cfg.model, cfg.max_retries) == ("openai", "m", 1)
+    judge = JudgeResource(kind="llm", backend="vllm", model="j", max_model_len=512).config()
+    assert (judge.kind, judge.engine.backend, judge.engine.max_model_len, judge.engine.timeout_s) == (
+        "llm", "vllm", 512, 120.0)

@@ -8,25 +8,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from prmforge.engines.base import Engine
 
 
 class EngineConfig(BaseModel):
-    """Everything any backend needs; each backend reads its own fields."""
+    """Everything any backend needs; each backend reads its own fields. An unknown key is an error."""
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["hf", "vllm", "openai"] = Field("hf", description="transformers in-process (hf), a vLLM "
+                                                      "worker process (vllm) or an OpenAI-compatible server")
     model: str = Field("", description="hub id, local folder, file:// or s3:// URI, or the served model name")
     # hf / vllm
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = Field("auto", description="hf: torch device ('auto' = cuda when available, else cpu)")
+    dtype: str = Field("auto", description="hf/vllm: weight dtype ('auto' = the checkpoint's; 'float32', "
+                       "'bfloat16', ...)")
     batch_size: int = Field(256, gt=0, description="hf: rows (prompt x sample) decoded together")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="hf/vllm: run modeling code shipped with the model; "
+                                    "only for models you trust")
     num_threads: int | None = Field(None, description="hf on CPU: torch threads (None = torch default)")
-    tensor_parallel_size: int = Field(1, gt=0)
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    max_model_len: int | None = None
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs one model is split across")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on GPU: share of GPU memory "
+                                          "for weights and KV cache")
+    max_model_len: int | None = Field(None, gt=0, description="vllm: context length (None = the model's; "
+                                      "lower it to fit the KV cache)")
     # vllm
     enforce_eager: bool = Field(False, description="vllm: skip torch.compile / CUDA graphs (faster start, slower steps)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse a prompt's KV blocks across samples and prefixes")
@@ -34,11 +41,11 @@ class EngineConfig(BaseModel):
     cpu_kv_cache_gib: float = Field(1.0, gt=0, description="vllm on CPU: KV cache size in GiB (RAM)")
     cpu_threads_bind: str = Field("auto", description="vllm on CPU: VLLM_CPU_OMP_THREADS_BIND ('auto', '0-3', 'nobind')")
     # openai
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL")
     api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the env var holding the API key")
-    max_concurrency: int = Field(16, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    max_concurrency: int = Field(16, gt=0, description="openai: requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds before one request is abandoned")
+    max_retries: int = Field(4, ge=0, description="openai: retries of a failed request (backoff between)")
 
     def identity(self) -> dict:
         """The fields that change sampled text (part of resumable run keys)."""
