@@ -102,13 +102,15 @@ def run_seed(engine, args: argparse.Namespace, seed: int) -> dict:
                  "mean_steps": sum(len(i.steps) for i in items) / max(len(items), 1), "strategies": {}}
     grader = default_grader()
     results = {}
-    for name, (mode, reuse, adaptive) in STRATEGIES.items():
+    for name in args.strategies:
+        mode, reuse, adaptive = STRATEGIES[name]
         value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=seed,
                             separator=STEP_SEPARATOR, batch_prefixes=args.batch_prefixes)
         fn = AdaptiveValue(value.sample, args.k, args.first_wave) if adaptive else value
         t = time.perf_counter()
         results[name] = {r.rollout_id: r for r in run_search(items, mode, fn, reuse=reuse, separator=STEP_SEPARATOR)}
         out["strategies"][name] = {"wall_s": time.perf_counter() - t}
+        print(f"  seed {seed}: {name} labelled in {out['strategies'][name]['wall_s']:.0f}s", flush=True)
     both = [i.rollout_id for i in items if all(res[i.rollout_id].status == "ok" for res in results.values())]
     n_both = max(len(both), 1)
     wrong = [i.rollout_id for i in items if i.rollout_id in set(both) and not i.final_correct]
@@ -157,11 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=160)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="each seed draws other problems, rollouts and completions")
+    ap.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES),
+                    help="which to run (per_step, the baseline, always runs)")
     ap.add_argument("--batch-prefixes", type=int, default=256)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = ap.parse_args(argv)
+    args.strategies = ["per_step", *[s for s in args.strategies if s != "per_step"]]
 
     import torch
 
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "k": args.k, "seeds": args.seeds, "runs": runs, "spread": {}}
     print(f"\nover {len(runs)} seeds: mean [min-max]; policy accuracy "
           f"{spread([r['policy_accuracy'] for r in runs])}, steps {spread([r['mean_steps'] for r in runs])}")
-    for name in STRATEGIES:
+    for name in args.strategies:
         fig = {key: spread([r["strategies"][name][key] for r in runs])
                for key in ("completions_per_rollout", "tokens_per_rollout", "token_ratio",
                            "token_share_of_per_step", "agreement_with_per_step", "oracle_exact",
