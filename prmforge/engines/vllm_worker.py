@@ -1,4 +1,4 @@
-"""The vLLM worker process: the only module that imports ``vllm``.
+"""The vLLM generation worker process, and the worker loop (:func:`serve`) the PRM scorer shares.
 
 It is started by :class:`prmforge.engines.vllm.VLLMEngine` as a fresh
 interpreter (``python -m prmforge.engines.vllm_worker FD_IN FD_OUT``), so the
@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import traceback
+from collections.abc import Callable
 from typing import IO, Any
 
 from prmforge import env
@@ -113,8 +114,16 @@ def _shutdown(llm) -> None:
         core.shutdown()
 
 
-def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
-    """Serve one engine: start it, answer requests until ``close`` or EOF, then shut it down."""
+def serve(rx: IO[bytes], tx: IO[bytes], build: Callable[[dict[str, Any]], tuple[Any, str]],
+          handle: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> None:
+    """The worker loop every vLLM worker shares: start, answer requests until ``close`` or EOF, shut down.
+
+    ``build(cfg)`` returns ``(llm, platform)``; ``handle(llm, request)`` returns the
+    answer's payload (``ok`` is added). The generation worker and the PRM scoring
+    worker (:mod:`prmforge.prm.vllm_prm_worker`) differ only in those two functions,
+    so the lifecycle (process group, start-up errors, EOF, engine-core shutdown) is
+    written once.
+    """
     os.setsid()  # vLLM's processes join this group: the parent can always reap them together
     try:
         cfg = recv_msg(rx)["cfg"]
@@ -124,7 +133,7 @@ def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
     env.export("VLLM_CPU_OMP_THREADS_BIND", str(cfg.get("cpu_threads_bind") or "auto"))
     llm = None
     try:
-        llm, platform = _build_llm(cfg)
+        llm, platform = build(cfg)
     except BaseException as exc:  # report any start-up failure (no vllm, no device, bad model)
         send_msg(tx, {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]})
         return
@@ -138,7 +147,7 @@ def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
             if msg.get("op") == "close":
                 break
             try:
-                result = {"ok": True, "results": _generate(llm, msg["prompts"], msg["params"])}
+                result = {"ok": True, **handle(llm, msg)}
             except Exception as exc:
                 result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-4000:]}
             send_msg(tx, result)
@@ -146,6 +155,11 @@ def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
         pass
     finally:
         _shutdown(llm)
+
+
+def worker_main(rx: IO[bytes], tx: IO[bytes]) -> None:
+    """Serve one generation engine (requests ``{"op": "generate", "prompts", "params"}``)."""
+    serve(rx, tx, _build_llm, lambda llm, msg: {"results": _generate(llm, msg["prompts"], msg["params"])})
 
 
 if __name__ == "__main__":

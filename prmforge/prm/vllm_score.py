@@ -27,10 +27,19 @@ class VLLMScoreError(RuntimeError):
 class VLLMPRMScorer:
     """One pooling-runner vLLM engine on an exported PRM folder, in a worker process."""
 
-    def __init__(self, folder: str, step_token_id: int, max_model_len: int | None = None,
+    def __init__(self, folder: str, step_token_id: int | None = None, max_model_len: int | None = None,
                  cpu_kv_cache_gib: float = 1.0, dtype: str = "float32", start_timeout_s: float = 1800.0,
-                 close_timeout_s: float = 20.0) -> None:
-        cfg: dict[str, Any] = {"model": str(folder), "step_tag_id": int(step_token_id),
+                 close_timeout_s: float = 20.0, *, pooling: str = "STEP",
+                 returned_token_ids: Sequence[int] | None = (0, 1), convert: str | None = None,
+                 hf_overrides: dict[str, Any] | None = None, label_index: int = 1) -> None:
+        """``pooling``: STEP (rows at ``step_token_id``) or ALL (rows at the positions given to ``score_ids``).
+
+        ``convert``/``hf_overrides`` are vLLM's, for layouts read through an adapter
+        (a causal LM as a classifier); ``label_index`` is the column holding P(correct).
+        """
+        cfg: dict[str, Any] = {"model": str(folder), "pooling": pooling, "step_tag_id": step_token_id,
+                               "returned_token_ids": list(returned_token_ids or []), "convert": convert,
+                               "hf_overrides": hf_overrides or {}, "label_index": label_index,
                                "max_model_len": max_model_len, "cpu_kv_cache_gib": cpu_kv_cache_gib, "dtype": dtype}
         self._worker: WorkerProcess | None = WorkerProcess(
             "prmforge.prm.vllm_prm_worker", cfg, VLLMScoreError, "vLLM PRM worker", start_timeout_s, close_timeout_s)
@@ -41,13 +50,15 @@ class VLLMPRMScorer:
         """The worker's pid (also the process group of vLLM's processes)."""
         return self._worker.pid if self._worker is not None else None
 
-    def score_ids(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """P(correct) at every step token of every token-id sequence."""
+    def score_ids(self, token_ids: Sequence[Sequence[int]],
+                  positions: Sequence[Sequence[int]] | None = None) -> list[list[float]]:
+        """P(correct) at every step of every token-id sequence (``positions``: with ALL pooling)."""
         if not token_ids:
             return []
         if self._worker is None:
             raise VLLMScoreError("scorer is closed")
-        msg = self._worker.request({"op": "score", "token_ids": [list(map(int, ids)) for ids in token_ids]},
+        msg = self._worker.request({"op": "score", "token_ids": [list(map(int, ids)) for ids in token_ids],
+                                    "positions": None if positions is None else [list(map(int, p)) for p in positions]},
                                    "vLLM PRM scoring failed")
         return msg["probs"]
 
