@@ -715,15 +715,58 @@ def build_parser() -> argparse.ArgumentParser:
     bf.set_defaults(func=cmd_backfill)
 
     ev = sub.add_parser("evaluate", help="score ProcessBench files with any PRM folder (metrics, predictions)")
-    ev.add_argument("--prm", required=True, help="PRM folder or s3:// / file:// storage URI")
-    ev.add_argument("--format", default="auto", choices=["auto", "prmforge", "qwen2-prm"])
+    ev.add_argument("--prm", required=True, help="PRM folder, s3:// / file:// storage folder, or a registry URI "
+                    "(models:/prmforge-prm@champion)")
+    ev.add_argument("--format", default="auto",
+                    choices=["auto", "prmforge", "qwen2-prm", "math-shepherd", "token-classify"])
     ev.add_argument("--processbench", nargs="+", required=True, metavar="FILE", help="ProcessBench .json/.jsonl files")
     ev.add_argument("--out", required=True, help="folder for predictions.jsonl, step_scores.parquet, metrics.json")
     ev.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     ev.add_argument("--threshold", type=float, default=0.5, help="a step below this P(correct) is the first error")
     ev.add_argument("--limit", type=int, help="first N samples of each file")
+    ev.add_argument("--no-mlflow", action="store_true", help="do not log the evaluation run to MLflow")
     ev.set_defaults(func=cmd_evaluate)
+
+    sv = sub.add_parser("serve", help="serve a PRM's step scores with vLLM on 127.0.0.1 (/pooling endpoint)")
+    sv.add_argument("--prm", default="models:/prmforge-prm@champion",
+                    help="PRM folder, storage URI or registry URI (default: the champion)")
+    sv.add_argument("--port", type=int, default=8100)
+    sv.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache on vLLM's CPU build, GiB")
+    sv.add_argument("--print-command", action="store_true", help="print the vLLM server line and exit")
+    sv.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``prmforge serve``: vLLM's OpenAI-compatible server on the PRM's qwen2_prm/ export (see prmforge.prm.serve)."""
+    import shlex
+    import shutil
+    import signal
+
+    from prmforge.model_files import ModelSourceError
+    from prmforge.prm.serve import SERVED_NAME, servable_folder, server_command
+
+    try:
+        folder = servable_folder(args.prm)
+    except ModelSourceError as exc:
+        from prmforge.errors import ConfigError
+
+        raise ConfigError(str(exc)) from exc
+    cmd = server_command(folder, args.port, args.kv_cache_gib, cpu=shutil.which("nvidia-smi") is None)
+    if args.print_command:
+        print(shlex.join(cmd))
+        return 0
+    _say(f"serving {args.prm} ({folder}) as {SERVED_NAME!r} on http://127.0.0.1:{args.port}/pooling; Ctrl-C stops it")
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: engine core and workers stop with it
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -734,7 +777,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         metrics = evaluate_prm(args.prm, args.processbench, args.out, args.format, args.backend, args.threshold,
-                               args.limit)
+                               args.limit, log_mlflow=not args.no_mlflow)
     except (ModelSourceError, BenchmarkSourceError) as exc:
         from prmforge.errors import ConfigError
 

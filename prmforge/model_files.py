@@ -15,6 +15,9 @@ policy engine is the same folder the PRM loads.
   model cache (``PRMFORGE_MODEL_CACHE`` or ``<PRMFORGE_HOME>/cache/models``)
   under a hash of the URI, through a temporary folder renamed into place, so
   a killed download is never mistaken for a model.
+* A ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` registry URI is resolved to its
+  version (so a moved alias is a new download) and that version's PRM folder (the
+  pyfunc's ``prm`` artifact) is downloaded once into the same cache.
 * Anything else is a hub id, returned as a string: loaders read it from the
   local Hugging Face cache only (nothing downloads at run time).
 """
@@ -44,6 +47,8 @@ def resolve_model_dir(ref: str) -> Path | str:
     """A local folder (``Path``) for ``ref``, or the hub id itself (``str``); see the module docstring."""
     if ref.startswith(("s3://", "s3a://")):
         return _download(ref)
+    if ref.startswith("models:/"):
+        return _download_registered(ref)
     if ref.startswith("file://"):
         from prmforge.storage import COMPLETE_MARKER
 
@@ -110,6 +115,62 @@ def _download(uri: str) -> Path:
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def registered_version(ref: str) -> tuple[str, str]:
+    """``(name, version)`` of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI, via the registry."""
+    from mlflow.tracking import MlflowClient
+
+    from prmforge.env import default_tracking_uri
+
+    body = ref[len("models:/"):].strip("/")
+    client = MlflowClient(tracking_uri=default_tracking_uri(), registry_uri=default_tracking_uri())
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = body.rpartition("/")
+        if not name or not version.isdigit():
+            raise ModelSourceError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return name, str(client.get_model_version(name, version).version)
+    except ModelSourceError:
+        raise
+    except Exception as exc:  # registry errors: unknown name/alias, unreachable server
+        raise ModelSourceError(f"{ref}: not found in the MLflow registry at {default_tracking_uri()} "
+                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _download_registered(ref: str) -> Path:
+    """The PRM folder of a registered version (its pyfunc's ``prm`` artifact), downloaded once."""
+    import mlflow
+
+    from prmforge.env import default_tracking_uri
+    from prmforge.storage import COMPLETE_MARKER
+
+    name, version = registered_version(ref)
+    key = f"{default_tracking_uri()}|{name}|{version}"
+    target = model_cache_dir() / ("mlflow-" + hashlib.sha256(key.encode()).hexdigest()[:24])
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=target.parent))
+    try:
+        mlflow.set_tracking_uri(default_tracking_uri())
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp)))
+        prm = got / "artifacts" / "prm"
+        if not prm.is_dir():
+            raise ModelSourceError(f"{ref} (version {version}) has no prm artifact: not a prmforge PRM")
+        os.replace(prm, tmp / "prm")
+        (tmp / "prm" / COMPLETE_MARKER).write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp / "prm", target)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

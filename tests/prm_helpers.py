@@ -87,3 +87,66 @@ def train_settings(**overrides: Any) -> PRMTrainSettings:
     values: dict[str, Any] = {"lr": 1e-3, "epochs": 2.0, "max_steps": None, "micro_batch_size": 16,
                               "backbone_lr_ratio": 1.0}
     return PRMTrainSettings(**{**values, **overrides})
+
+
+def _spread(linear, seed: int, std: float = 0.15) -> None:
+    """Re-draw an output layer (no bias) so step scores vary: parity on constant (or saturated) scores would
+    mean nothing. A random backbone's hidden states at one token differ little between positions, so the
+    token classifier is also centred and scaled on sample text (``tiny_token_classifier``)."""
+    import torch
+
+    with torch.no_grad():
+        linear.weight.normal_(0, std, generator=torch.Generator().manual_seed(seed))
+        if getattr(linear, "bias", None) is not None:
+            linear.bias.zero_()
+
+
+def tiny_math_shepherd(folder: Path, max_positions: int = 4096) -> Path:
+    """A random Math-Shepherd-layout PRM: a Qwen2 causal LM whose tokenizer has the step tag ``ки``.
+
+    head_dim 32 (hidden 64, 2 heads): the smallest vLLM's CPU attention takes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prmforge.prm.tiny import build_tiny_backbone
+
+    build_tiny_backbone(folder, CORPUS * 5, hidden_size=64, layers=2, heads=2, vocab_size=300,
+                        max_positions=max_positions, arch="qwen2")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["ки"])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tok))
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = type(model.lm_head.weight)(model.lm_head.weight.detach().clone())
+    _spread(model.lm_head, 3)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_token_classifier(folder: Path, max_positions: int = 4096) -> Path:
+    """A random TRL-style PRM: ``Qwen2ForTokenClassification`` with two labels (0 wrong, 1 right)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    from prmforge.prm.tiny import build_tiny_backbone
+
+    build_tiny_backbone(folder, CORPUS * 5, hidden_size=64, layers=2, heads=2, vocab_size=300,
+                        max_positions=max_positions, arch="qwen2")
+    cfg = AutoConfig.from_pretrained(folder, num_labels=2)
+    cfg.architectures = ["Qwen2ForTokenClassification"]
+    model = AutoModelForTokenClassification.from_pretrained(folder, config=cfg).eval()
+    _spread(model.score, 4)
+    # Every step is read at the separator, where a random backbone's hidden states share a large common
+    # part: centre and scale the logit difference on sample text so P(correct) spreads around 0.5.
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("\n".join(CORPUS) + "\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        diff = logits[:, 1] - logits[:, 0]
+        model.score.weight.mul_(2.0 / float(diff.std()))
+        model.score.bias.copy_(torch.tensor([0.0, -float(diff.mean()) * 2.0 / float(diff.std())]))
+    for stale in folder.glob("*.safetensors"):
+        stale.unlink()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

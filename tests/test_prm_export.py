@@ -127,4 +127,4 @@ def test_evaluate_command_reads_both_layouts_alike(standard_prm, shared_data: Pa
     # Not a PRM folder: one line, exit 2.
     assert main(["evaluate", "--prm", str(tmp_path / "prmforge"), "--processbench", *files,
                  "--out", str(tmp_path / "x")]) == 2
-    assert "neither a prmforge PRM" in capsys.readouterr().err
+    assert "not a PRM folder in a known layout" in capsys.readouterr().err
