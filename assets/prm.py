@@ -206,12 +206,14 @@ def prm_evaluation(
 ) -> MaterializeResult:
     import mlflow as mlf
 
+    from prmforge.model_files import resolve_model_dir
     from prmforge.prm.model import ProcessRewardModel
     from prmforge.prm.pipeline import evaluate
 
     s = settings.stage(PRM_EVALUATION, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
-    model, tok = ProcessRewardModel.load(upstream_uri(context, PRM_MODEL, storage))
+    prm_dir = resolve_model_dir(upstream_uri(context, PRM_MODEL, storage))
+    model, tok = ProcessRewardModel.load(prm_dir)
     store = storage.get()
     world = store.read_dataset("world_benchmark") if store.dataset_exists("world_benchmark") else None
     try:
@@ -220,7 +222,7 @@ def prm_evaluation(
         context.log.warning(f"no policy for Best-of-N: {exc}")
         bon_engine = None
     with tempfile.TemporaryDirectory() as tmp:
-        rep = evaluate(model, tok, s, tmp, world_table=world, policy_engine=bon_engine)
+        rep = evaluate(model, tok, s, tmp, world_table=world, policy_engine=bon_engine, prm_folder=prm_dir)
         metrics = rep.flat_metrics()
         with _mlflow_run(context, mlflow, PRM_EVALUATION, {"stage": PRM_EVALUATION,
                                                           "prm_run_id": str(prm_meta.get("mlflow_run_id", ""))}) as run:
@@ -286,7 +288,7 @@ def registered_prm(
 
     from prmforge.model_files import resolve_model_dir
     from prmforge.prm.pyfunc import log_pyfunc
-    from prmforge.prm.registry import lineage_tags, register_and_gate
+    from prmforge.prm.registry import format_tags, lineage_tags, register_and_gate
 
     s = settings.stage(REGISTERED_PRM, config)
     prm_meta = upstream_metadata(context, PRM_MODEL)
@@ -296,8 +298,8 @@ def registered_prm(
         context.log.warning(f"gate metric {s.gate_metric!r} missing from prm_evaluation: no promotion")
     versions = {a: partition_data_versions(context, a)
                 for a in ("seed_problems", "policy_rollouts", "consensus_labels")}
-    lineage = lineage_tags(prm_meta, versions, s.model_dump(), context.run.run_id)
     local = resolve_model_dir(upstream_uri(context, PRM_MODEL, storage))
+    lineage = {**lineage_tags(prm_meta, versions, s.model_dump(), context.run.run_id), **format_tags(local, eval_meta)}
     mlf.set_tracking_uri(mlflow.tracking_uri)
     run_id = str(prm_meta.get("mlflow_run_id") or "") or None
     if run_id:

@@ -212,6 +212,18 @@ def _limit(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:
     return out
 
 
+def bon_problems(world_table: pa.Table, s: PRMEvalSettings) -> list[dict]:
+    """``bon_problems`` distinct held-out world problems (seeded), one row each, with their answers."""
+    seen: dict[str, dict] = {}
+    for row in world_table.to_pylist():
+        pid = str(row.get("problem_id") or row.get("id"))
+        if pid not in seen and row.get("answer") is not None:
+            seen[pid] = row
+    problems = sorted(seen.values(), key=lambda r: str(r.get("problem_id")))
+    random.Random(s.seed).shuffle(problems)
+    return problems[: s.bon_problems]
+
+
 def sample_bon(policy_engine: EngineConfig, problems: Sequence[dict],
                s: PRMEvalSettings) -> list[list[tuple[list[str], str | None, bool]]]:
     """N policy samples per problem as ``(steps, extracted answer, correct)``; errors become wrong candidates.
@@ -245,6 +257,60 @@ def sample_bon(policy_engine: EngineConfig, problems: Sequence[dict],
     return result
 
 
+class StepScorer:
+    """Scores ``(problem, steps)`` items with the evaluated PRM through the configured backend.
+
+    ``hf`` is :func:`prmforge.prm.model.score_steps`; ``vllm`` runs vLLM's pooling runner
+    on the PRM's ``qwen2_prm/`` export in a worker process (started once, on first use,
+    for both the benchmark and Best-of-N, and shut down on ``close``), fed the token ids
+    ``score_steps`` would see, so the two backends score identical inputs.
+    """
+
+    def __init__(self, model: ProcessRewardModel, tokenizer, s: PRMEvalSettings, prm_folder: str | Path | None,
+                 max_length: int) -> None:
+        from prmforge.prm.model import EXPORT_DIR
+
+        self.model, self.tokenizer, self.s, self.max_length = model, tokenizer, s, max_length
+        self.export: Path | None = None
+        self._vllm = None
+        if s.backend == "vllm":
+            export = Path(prm_folder) / EXPORT_DIR if prm_folder is not None else None
+            if export is None or not (export / "config.json").is_file():
+                raise ValueError("prm_evaluation backend vllm needs the PRM's qwen2_prm/ export: train it with "
+                                 "head_kind: standard on a Qwen2 base model (or use backend hf)")
+            self.export = export
+
+    def __call__(self, items: Sequence[tuple[str, Sequence[str]]], max_length: int | None = None,
+                 backend: str | None = None) -> list[list[float]]:
+        """P(correct) per step (NaN past ``max_length``, default the scoring context)."""
+        max_length = max_length or self.max_length
+        if (backend or self.s.backend) == "hf":
+            return score_steps(self.model, self.tokenizer, items, batch_size=self.s.score_batch_size,
+                               max_length=max_length)
+        from prmforge.prm.vllm_score import VLLMPRMScorer, score_steps_vllm
+
+        cfg = self.model.config
+        if self._vllm is None:
+            self._vllm = VLLMPRMScorer(str(self.export), cfg.step_token_id, max_model_len=self.max_length,
+                                       cpu_kv_cache_gib=self.s.vllm_kv_cache_gib)
+        return score_steps_vllm(self._vllm, self.tokenizer, items, cfg.step_token_id, min(max_length, self.max_length),
+                                cfg.prompt_format)
+
+    def close(self) -> None:
+        """Shut the vLLM worker down (if one was started)."""
+        if self._vllm is not None:
+            self._vllm.close()
+            self._vllm = None
+
+
+def parity(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Largest |a - b| over the steps both scored, and how many steps that was (NaN on either side skipped)."""
+    diffs = [abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True)
+             if x == x and y == y]
+    return {"vllm_parity_max_abs_diff": max(diffs) if diffs else float("nan"),
+            "vllm_parity_steps": float(len(diffs))}
+
+
 def evaluate(
     model: ProcessRewardModel,
     tokenizer,
@@ -252,10 +318,14 @@ def evaluate(
     out_dir: str | Path,
     world_table: pa.Table | None = None,
     policy_engine: EngineConfig | None = None,
+    prm_folder: str | Path | None = None,
 ) -> EvalReport:
     """ProcessBench-format figures per subset, Best-of-N and diagnostics; PNGs into ``out_dir``.
 
     Best-of-N needs ``policy_engine`` (the policy model on its configured backend) and ``world_table``.
+    ``prm_folder`` is the PRM's local folder, needed by ``backend: vllm`` (its ``qwen2_prm/``).
+    Best-of-N candidates are sampled before any step is scored, so a vLLM policy engine and
+    a vLLM PRM scorer never hold memory at the same time.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +343,21 @@ def evaluate(
         notes.append(f"subsampled: at most {s.max_samples_per_subset} samples per subset (max_samples_per_subset; "
                      + ", ".join(f"{k} {min(n, s.max_samples_per_subset)} of {n}" for k, n in available.items()) + ")")
     max_length = s.max_length or model_context(model)
-    scores = score_steps(model, tokenizer, [(x.problem, x.steps) for x in samples], batch_size=s.score_batch_size,
-                         max_length=max_length)
+    problems: list[dict] = []
+    sampled: list[list[tuple[list[str], str | None, bool]]] = []
+    if policy_engine is not None and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
+        problems = bon_problems(world_table, s)
+        sampled = sample_bon(policy_engine, problems, s)
+    scorer = StepScorer(model, tokenizer, s, prm_folder, max_length)
+    try:
+        items = [(x.problem, x.steps) for x in samples]
+        scores = scorer(items)
+        vllm_parity = parity(scores, scorer(items, backend="hf")) if s.backend == "vllm" else {}
+        flat = [(p["problem"], steps) for p, cands in zip(problems, sampled, strict=True) for steps, _, _ in cands]
+        # Best-of-N keeps the PRM's training length, as before the backend setting (scores unchanged on hf).
+        flat_scores = scorer(flat, max_length=model.config.max_length) if flat else []
+    finally:
+        scorer.close()
     for x, sc in zip(samples, scores, strict=True):
         x.scores = sc
     unscored = unscored_report(samples)
@@ -303,26 +386,15 @@ def evaluate(
               "steps_total": unscored["all"]["steps"], "steps_unscored": unscored["all"]["unscored"],
               "unscored_share": unscored["all"]["unscored_share"], "scoring_max_length": float(max_length),
               "samples_available": float(sum(available.values())), "bon_n": float(s.bon_n)}
-    if policy_engine is not None and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
-        seen: dict[str, dict] = {}
-        for row in world_table.to_pylist():
-            pid = str(row.get("problem_id") or row.get("id"))
-            if pid not in seen and row.get("answer") is not None:
-                seen[pid] = row
-        problems = sorted(seen.values(), key=lambda r: str(r.get("problem_id")))
-        random.Random(s.seed).shuffle(problems)
-        problems = problems[: s.bon_problems]
-        sampled = sample_bon(policy_engine, problems, s)
-        flat = [(p["problem"], steps) for p, cands in zip(problems, sampled, strict=True) for steps, _, _ in cands]
-        flat_scores = score_steps(model, tokenizer, flat, batch_size=s.score_batch_size)
+    if sampled:
         it = iter(flat_scores)
-        bon_problems = [[Candidate(ans, ok, next(it)) for _steps, ans, ok in cands]
-                        for cands in sampled]
+        bon_cands = [[Candidate(ans, ok, next(it)) for _steps, ans, ok in cands] for cands in sampled]
         # An empty candidate (engine error) has no steps: its score list is empty → never picked.
-        bon = best_of_n(bon_problems, s.bon_n)
-        curve = bon_curve(bon_problems, s.bon_n)
+        bon = best_of_n(bon_cands, s.bon_n)
+        curve = bon_curve(bon_cands, s.bon_n)
         plots.append(plot_bon_curve(curve, str(out_dir / "bon_vs_n.png")))
-        counts["bon_problems"] = float(len(bon_problems))
+        counts["bon_problems"] = float(len(bon_cands))
+    counts.update(vllm_parity)
     for subset, r in baseline.items():
         diagnostics[f"random_scorer_{subset}_f1"] = r["f1"]
     if "mean" in report and "mean" in baseline:

@@ -224,3 +224,42 @@ def registered_parity_outcome(model_uri: str, prm_dir: str | Path, tolerance: fl
     meta.update({"max_abs_diff": max_diff, "served": served, "trained": direct})
     return CheckOutcome("registered_scores_match", passed, True, meta,
                         None if passed else f"registered scores differ from the trained model's by {max_diff:.2e}")
+
+
+def format_tags(prm_dir: str | Path, eval_meta: dict[str, Any]) -> dict[str, str]:
+    """Which head the version has, which served layout it carries, and how well that layout agrees.
+
+    * ``prm.head_kind``: ``standard`` (the Qwen2 PRM head) or ``surprisal`` (this project's head);
+    * ``prm.export_layout``: ``qwen2-prm`` when the version carries ``qwen2_prm/`` (vLLM serves it with
+      no custom code), else ``none``;
+    * ``prm.export_parity_hf``: largest |difference| between the project's scores and the export read
+      back by transformers as a ``Qwen2ForProcessRewardModel``, on the pyfunc's example;
+    * ``prm.vllm_parity``: the vLLM-vs-transformers difference ``prm_evaluation`` measured on its whole
+      benchmark when it ran with ``backend: vllm``, else ``not measured``.
+    """
+    import json as _json
+
+    from prmforge.prm.export import is_standard
+    from prmforge.prm.layouts import open_layout
+    from prmforge.prm.model import CONFIG_FILE, EXPORT_DIR, ProcessRewardModel, score_steps
+    from prmforge.prm.pyfunc import INPUT_EXAMPLE
+
+    prm_dir = Path(prm_dir)
+    model, tok = ProcessRewardModel.load(prm_dir)
+    cfg = _json.loads((prm_dir / CONFIG_FILE).read_text())
+    tags = {"prm.head_kind": "standard" if is_standard(model) else ("surprisal" if cfg.get("surprisal") else "custom")}
+    export = prm_dir / EXPORT_DIR
+    if (export / "config.json").is_file():
+        items = [(str(p), [str(s) for s in steps]) for p, steps in
+                 zip(INPUT_EXAMPLE["problem"], INPUT_EXAMPLE["steps"], strict=True)]
+        layout = open_layout(export, "qwen2-prm")
+        ref = score_steps(model, tok, items)
+        got = layout.hf_scores([layout.encode(p, s) for p, s in items])
+        diffs = [abs(a - b) for ra, rb in zip(ref, got, strict=True) for a, b in zip(ra, rb, strict=True) if a == a]
+        tags.update({"prm.export_layout": "qwen2-prm", "prm.export_parity_hf": f"{max(diffs, default=0.0):.2e}"})
+    else:
+        tags.update({"prm.export_layout": "none", "prm.export_parity_hf": "n/a"})
+    diff, steps = eval_meta.get("vllm_parity_max_abs_diff"), eval_meta.get("vllm_parity_steps")
+    tags["prm.vllm_parity"] = (f"max_abs_diff={float(diff):.2e} over {int(steps)} steps (prm_evaluation, backend vllm)"
+                               if diff is not None and steps else "not measured (prm_evaluation ran with backend hf)")
+    return tags

@@ -92,6 +92,12 @@ class PRMEvalSettings(StageSettings):
     bon_max_tokens: int = Field(160, description="max new tokens of one Best-of-N sample")
     engine_batch_size: int = Field(256, description="prompts per sampling batch")
     score_batch_size: int = Field(32, description="examples per PRM scoring batch")
+    backend: Literal["hf", "vllm"] = Field("hf", description="who scores the benchmark and Best-of-N steps: hf "
+                                           "(transformers, any PRM) or vllm (vLLM's pooling runner on the PRM's "
+                                           "qwen2_prm/ export: head_kind standard on a Qwen2 base); with vllm the "
+                                           "benchmark is also scored by hf and the largest difference reported "
+                                           "(vllm_parity_max_abs_diff)")
+    vllm_kv_cache_gib: float = Field(1.0, gt=0, description="backend vllm on CPU: KV cache size in GiB")
     seed: int = Field(0, description="seed of the sampling and the threshold split")
 
 
