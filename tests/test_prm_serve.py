@@ -43,7 +43,8 @@ def _register_champion(tmp_path: Path):
         model.head[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
     folder = save_prm(model, tok, tmp_path / "prm")
     mlflow.set_tracking_uri(default_tracking_uri())
-    with mlflow.start_run():
+    exp_id = mlflow.MlflowClient(default_tracking_uri()).create_experiment("prm-serve-test")  # this test's own store
+    with mlflow.start_run(experiment_id=exp_id):
         info = log_pyfunc(folder)
     client = mlflow.MlflowClient(default_tracking_uri())
     decision = register_and_gate(client, "prmforge-prm", info.model_uri, info.run_id, "world_f1", 0.5, {})

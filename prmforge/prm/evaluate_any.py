@@ -104,19 +104,22 @@ def log_evaluation(metrics: dict, out: Path, processbench: Sequence[str]) -> str
 
     uri = default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(EVAL_EXPERIMENT)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # the experiment by id, not set_experiment: the process's active experiment stays what it was
+    exp = client.get_experiment_by_name(EVAL_EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(EVAL_EXPERIMENT)
     tags = {"stage": "evaluate", "prm": metrics["prm"], "format": metrics["format"], "backend": metrics["backend"]}
     version = metrics.get("model_version")
     if version:
         tags.update(model_name=metrics["model_name"], model_version=version)
     flat = {f"{subset}_{k}": float(v) for subset, r in metrics["processbench"].items() for k, v in r.items()}
-    with mlflow.start_run(run_name=f"evaluate {metrics['format']} {metrics['backend']}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"evaluate {metrics['format']} {metrics['backend']}",
+                          tags=tags) as run:
         mlflow.log_params({"threshold": metrics["threshold"], "processbench": ",".join(processbench)})
         mlflow.log_metrics({k: v for k, v in flat.items() if v == v})
         mlflow.log_artifacts(str(out), "evaluation")
     if version:
         files = "_".join(Path(p).stem for p in processbench)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.set_model_version_tag(metrics["model_name"], version, f"evaluation.{files}.run_id", run.info.run_id)
         mean_f1 = metrics["processbench"].get("mean", {}).get("f1")
         if mean_f1 is not None:
