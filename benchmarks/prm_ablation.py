@@ -39,6 +39,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
+    from prmforge.engines.factory import EngineConfig
     from prmforge.prm.pipeline import evaluate, fit
     from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
 
@@ -60,7 +61,8 @@ def main() -> None:
     train_s = time.time() - t0
     rep = evaluate(res.model, res.tokenizer, PRMEvalSettings(bon_n=8, bon_problems=args.bon_problems,
                                                              max_samples_per_subset=None),
-                   Path("test-artifacts") / "prm_ablation", bench, policy=policy)
+                   Path("test-artifacts") / "prm_ablation", bench,
+                   policy_engine=EngineConfig(backend="hf", model=policy, num_threads=args.threads))
     m = rep.flat_metrics()
     print(json.dumps({"settings": over, "base": base, "rows": len(rows), "train_s": round(train_s),
                       **{k: round(v, 3) for k, v in m.items() if k.startswith(("world_", "bon8_", "threshold"))}}))

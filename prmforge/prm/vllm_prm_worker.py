@@ -66,6 +66,9 @@ def _score(llm, msg: dict[str, Any], label_index: int) -> dict[str, Any]:
     result = []
     for i, o in enumerate(outs):
         data = o.outputs.data.float()
+        if data.numel() == 0:  # no step token (a candidate without steps): no scores
+            result.append([])
+            continue
         rows = data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 2)
         if positions is not None:
             rows = rows[positions[i]]
