@@ -24,12 +24,13 @@ the seed, the prompt text and ``j`` only), so a prefix probed by two
 strategies gets the same completions, and adaptive waves are a prefix of the
 same K: strategies differ only in what they probe and what they reuse.
 
-Usage (the policy is trained into ``--policy`` when that folder is empty;
-training is deterministic, so a fresh clone trains the same policy)::
+Usage, as measured in README.md and docs/labeling.md (``P`` is the demo
+policy ``make demo`` trains; a ``--policy`` folder without a model gets the
+demo-default policy trained into it, on ``--policy-difficulty``)::
 
-    .venv/bin/python benchmarks/bench_labeling_cost.py --problems 100 --n 2 --k 8
-    .venv/bin/python benchmarks/bench_labeling_cost.py --policy .prmforge/bench/policy-standard \\
-        --policy-difficulty standard --difficulty standard --problems 50 --n 4 --k 8
+    P=$PRMFORGE_HOME/storage/models/policy/e8f94a920c34a09b
+    .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --problems 100 --n 2 --k 8
+    .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --difficulty standard --problems 50 --n 4 --k 8
 
 Targets (issue 18, on the standard world with a policy trained there):
 tokens per labelled rollout <= 1/4 of per_step at >= 95% first-error
