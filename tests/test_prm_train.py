@@ -173,6 +173,12 @@ def test_soft_labels_train_with_bce_against_the_value(tmp_path: Path) -> None:
     rows = [{**r, "soft_labels": [0.8 if ok else 0.0 for ok in r["labels"]]} for r in synthetic_rows(48)]
     with pytest.raises(ValueError, match="no soft_labels"):
         training_rows([{**rows[0], "soft_labels": None}], "soft")
+    from prmforge.errors import ConfigError
+
+    adaptive = {**rows[0], "mc_labeler": "mc_binary+reuse+adaptive"}
+    with pytest.raises(ConfigError, match="adaptive MC sampling"):  # its values overstate
+        training_rows([rows[1], adaptive], "soft")
+    assert training_rows([adaptive], "hard") == [adaptive]
     soft = training_rows(rows, "soft")
     assert soft[0]["labels"] == rows[0]["soft_labels"] and training_rows(rows, "hard")[0]["labels"] == rows[0]["labels"]
     model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, seed=0)

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from prmforge.checks import CheckOutcome, model_folder_outcome, training_outcomes
 from prmforge.engines.factory import EngineConfig
+from prmforge.errors import ConfigError
 from prmforge.prm.benchmarks import load_source
 from prmforge.prm.data import EncodeStats, encode_dataset
 from prmforge.prm.metrics import (
@@ -87,7 +88,9 @@ def training_rows(rows: Sequence[dict], label_kind: str) -> list[dict]:
     """The rows with the labels ``label_kind`` trains on: ``soft`` puts the MC values (``soft_labels``) in ``labels``.
 
     Rows without soft labels (labelled before they existed) are a clear
-    error, never a silent fallback to hard labels.
+    error, never a silent fallback to hard labels. So are rows labelled with
+    adaptive sampling: it stops a prefix at its first right completion, so
+    its values overstate and are no target for a value regression.
     """
     if label_kind == "hard":
         return list(rows)
@@ -95,6 +98,11 @@ def training_rows(rows: Sequence[dict], label_kind: str) -> list[dict]:
     if missing:
         raise ValueError(f"label_kind 'soft': {missing} of {len(rows)} label rows have no soft_labels; "
                          "rematerialise mc_step_labels and consensus_labels")
+    adaptive = sum(1 for r in rows if "adaptive" in (r.get("mc_labeler") or ""))
+    if adaptive:
+        raise ConfigError(f"label_kind 'soft': {adaptive} of {len(rows)} label rows come from adaptive MC sampling, "
+                          "whose values overstate; relabel with mc_step_labels adaptive: false or train "
+                          "label_kind: hard")
     return [{**r, "labels": r["soft_labels"]} for r in rows]
 
 
