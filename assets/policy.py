@@ -112,7 +112,8 @@ def _calibration_check(asset_name: str) -> AssetCheckSpec:
     automation_condition=build_if_missing(),
     retry_policy=REMOTE_RETRY,
     check_specs=[_calibration_check("policy_model"), _model_complete_check("policy_model")],
-    description="Bootstrap policy: small Llama trained from scratch on gold world solutions (HF folder: "
+    description="Bootstrap policy: small Llama (or Qwen2, architecture: qwen2), 2,048 positions, trained from scratch "
+    "on gold world solutions (HF folder: "
     "config.json, model.safetensors, tokenizer). Path: <root>/models/policy/<config hash>/",
 )
 def policy_model(
@@ -198,13 +199,14 @@ def world_benchmark(
 ) -> Iterator[Any]:
     """Sample the policy on held-out problems, label with the oracle, balance the classes."""
     from prmforge.policy.sample import policy_engine
+    from prmforge.prompts import policy_prompt
 
     uri = upstream_uri(context, "policy_model", storage)
     difficulty = str(upstream_metadata(context, "policy_model").get("difficulty") or "easy")
     bs = settings.stage("world_benchmark", config)
     ps = settings.stage("policy_model")
     with policy_engine(uri, bs.sample_batch_size, ps.num_threads) as engine:
-        table, summary = build_world_benchmark(engine, bs, difficulty)
+        table, summary = build_world_benchmark(engine, bs, difficulty, policy_prompt(uri))
     context.log.info(f"world_benchmark from {uri}: {summary}")
     yield Output(
         table,

@@ -43,6 +43,7 @@ from prmforge.prm.export import save_prm
 from prmforge.prm.metrics import STEP_SCORES
 from prmforge.prm.registry import registered_parity_outcome
 from prmforge.prm.settings import PRMTrainSettings
+from prmforge.prompts import policy_prompt
 from resources.engine import EngineResource
 from resources.mlflow import MLflowResource
 from resources.quality import QualityResource
@@ -218,11 +219,14 @@ def prm_evaluation(
     world = store.read_dataset("world_benchmark") if store.dataset_exists("world_benchmark") else None
     try:
         bon_engine = policy_engine.config(policy_engine.model or upstream_uri(context, "policy_model", storage))
+        bon_prompt = policy_prompt(bon_engine.model, "world", not policy_engine.model, None,
+                                   policy_engine.trust_remote_code)
     except RuntimeError as exc:
         context.log.warning(f"no policy for Best-of-N: {exc}")
-        bon_engine = None
+        bon_engine = bon_prompt = None
     with tempfile.TemporaryDirectory() as tmp:
-        rep = evaluate(model, tok, s, tmp, world_table=world, policy_engine=bon_engine, prm_folder=prm_dir)
+        rep = evaluate(model, tok, s, tmp, world_table=world, policy_engine=bon_engine, prm_folder=prm_dir,
+                       policy_prompt=bon_prompt)
         metrics = rep.flat_metrics()
         with _mlflow_run(context, mlflow, PRM_EVALUATION, {"stage": PRM_EVALUATION,
                                                           "prm_run_id": str(prm_meta.get("mlflow_run_id", ""))}) as run:

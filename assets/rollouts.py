@@ -26,7 +26,8 @@ from assets.partitions import dataset_partitions
 from pipelines.automation import GPU_POOL, REMOTE_RETRY, SHARDED_OP_TAGS, on_new_data
 from prmforge.contracts.datasets import rollouts_contract
 from prmforge.engines.factory import make_engine
-from prmforge.rollouts import DATASET, chat_wrapper, generate_rollouts, rollout_checks, select_problems
+from prmforge.prompts import policy_prompt
+from prmforge.rollouts import DATASET, generate_rollouts, rollout_checks, select_problems
 from prmforge.sharding import Progress
 from resources.engine import EngineResource
 from resources.quality import QualityResource
@@ -82,7 +83,7 @@ def policy_rollouts(
     bootstrap = not policy_engine.model
     model = policy_engine.model or upstream_uri(context, "policy_model", storage)
     engine_cfg = policy_engine.config(model_override=model)
-    chat = chat_wrapper(model, policy_engine.trust_remote_code) if rs.chat_template else None
+    prompt = policy_prompt(model, rs.prompt_template, bootstrap, rs.chat_template, policy_engine.trust_remote_code)
     context.log.info(f"{partition}: {seed_problems.num_rows} problems x n={rs.n} with {engine_cfg.backend} "
                      f"on {model} (bootstrap policy: {bootstrap})")
 
@@ -95,7 +96,7 @@ def policy_rollouts(
     # partial, not a lambda over the resource: a Ray executor pickles the factory to every actor
     run = generate_rollouts(
         storage.get(), partition, seed_problems, rs, engine_cfg.identity(),
-        partial(make_engine, engine_cfg), bootstrap, on_progress=on_progress, chat=chat, executor=executor,
+        partial(make_engine, engine_cfg), bootstrap, on_progress=on_progress, prompt=prompt, executor=executor,
     )
     context.log.info(f"{partition}: {run.summary(rs.n)}")
     metadata = {**run.metadata(rs.n, engine_cfg.backend, model), **executor.describe()}

@@ -1,6 +1,6 @@
 """Engine throughput in one run: ``vllm`` (offline), ``hf`` and ``openai`` -> a local vLLM server.
 
-All three sample the same model (a tiny random Llama built on the fly, head
+All three sample the same model (a tiny random Qwen2 built on the fly, head
 size 32, or ``--model``) on the same world prompts with the same sampling
 (``n`` samples per prompt, temperature 1, top_p 1, ``max_tokens`` new tokens,
 seed 0). Each engine is started, warmed up on two prompts, then timed on one
@@ -57,18 +57,18 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--dtype", default="float32", help="all engines (float32 on CPU keeps them comparable)")
-    ap.add_argument("--model", default=None, help="an existing HF folder instead of the tiny random Llama")
+    ap.add_argument("--model", default=None, help="an existing HF folder instead of the tiny random Qwen2")
     args = ap.parse_args()
 
     from prmforge.engines.factory import EngineConfig, make_engine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
     from prmforge.engines.vllm_server import VLLMServer, server_command
 
     cuda = torch.cuda.is_available()
     prompts = prompts_for(args.prompts)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(build_tiny_llama(Path(tmp) / "model", hidden_size=args.hidden, layers=args.layers,
+        model = args.model or str(build_tiny_qwen2(Path(tmp) / "model", hidden_size=args.hidden, layers=args.layers,
                                                    heads=args.hidden // 32, kv_heads=args.hidden // 32,
                                                    intermediate_size=3 * args.hidden))
         configs = {

@@ -1,6 +1,6 @@
 """Ray scale-out of rollouts: shards/s with 1 vs 2 engine actors, and what 100k rollouts would need.
 
-Generates rollouts of world problems with the tiny random Llama (built on the
+Generates rollouts of world problems with the tiny random Qwen2 (built on the
 fly, nothing downloaded) through :func:`prmforge.rollouts.generate_rollouts`
 over a local Ray runtime (127.0.0.1, no dashboard, one CPU and one torch thread
 per actor), once with 1 actor and once with 2, each into a fresh storage root.
@@ -46,7 +46,8 @@ def main() -> None:
 
     from prmforge.distributed.ray_pool import RayConnection, RayExecutor
     from prmforge.engines.factory import EngineConfig, make_engine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
+    from prmforge.prompts import PolicyPrompt
     from prmforge.rollouts import RolloutSettings, generate_rollouts
     from prmforge.schemas import SEED_PROBLEMS
     from prmforge.storage import Storage
@@ -58,7 +59,7 @@ def main() -> None:
     results: dict[int, dict] = {}
     tables: dict[int, pa.Table] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_llama(Path(tmp) / "tiny")
+        model = build_tiny_qwen2(Path(tmp) / "tiny")
         cfg = EngineConfig(model=str(model), device="cpu", batch_size=64, num_threads=1)
         seed = pa.Table.from_pylist([
             {"problem_id": f"bench-{p.problem_id}", "dataset": "bench", "problem": p.problem, "answer": p.answer,
@@ -70,7 +71,7 @@ def main() -> None:
             start = time.monotonic()
             run = generate_rollouts(
                 Storage(f"file://{tmp}/root-{actors}"), "bench", seed, settings, cfg.identity(),
-                partial(make_engine, cfg), True,
+                partial(make_engine, cfg), True, prompt=PolicyPrompt("world"),
                 on_progress=lambda p, tps, a=arrivals: a.append(time.monotonic()),
                 executor=RayExecutor(connection=RayConnection(address="local"), num_actors=actors))
             wall = time.monotonic() - start

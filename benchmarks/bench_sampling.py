@@ -1,6 +1,6 @@
 """Sampling throughput: HFEngine's own loop vs ``model.generate``, same run.
 
-Both sample the same tiny random Llama (built on the fly, nothing downloaded)
+Both sample the same tiny random Qwen2 (built on the fly, nothing downloaded)
 on the same prompts with the same settings: ``n`` samples per prompt
 (``num_return_sequences`` for generate), temperature 1, top_p 1 (top_k off),
 ``max_tokens`` new tokens, left-padded batches of ``prompts x n`` rows.
@@ -94,15 +94,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--model", default=None, help="an existing HF folder instead of the tiny random Llama")
+    ap.add_argument("--model", default=None, help="an existing HF folder instead of the tiny random Qwen2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
     prompts = prompts_for(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or str(build_tiny_llama(tmp, hidden_size=args.hidden, layers=args.layers, heads=4,
+        model_dir = args.model or str(build_tiny_qwen2(tmp, hidden_size=args.hidden, layers=args.layers, heads=4,
                                                        kv_heads=4, intermediate_size=3 * args.hidden))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:

@@ -42,6 +42,7 @@ def main() -> None:
     from prmforge.engines.factory import EngineConfig
     from prmforge.prm.pipeline import evaluate, fit
     from prmforge.prm.settings import PRMEvalSettings, PRMTrainSettings
+    from prmforge.prompts import policy_prompt
 
     torch.set_num_threads(args.threads)
     storage = Path(args.home) / "storage"
@@ -62,7 +63,8 @@ def main() -> None:
     rep = evaluate(res.model, res.tokenizer, PRMEvalSettings(bon_n=8, bon_problems=args.bon_problems,
                                                              max_samples_per_subset=None),
                    Path("test-artifacts") / "prm_ablation", bench,
-                   policy_engine=EngineConfig(backend="hf", model=policy, num_threads=args.threads))
+                   policy_engine=EngineConfig(backend="hf", model=policy, num_threads=args.threads),
+                   policy_prompt=policy_prompt(policy, "world"))
     m = rep.flat_metrics()
     print(json.dumps({"settings": over, "base": base, "rows": len(rows), "train_s": round(train_s),
                       **{k: round(v, 3) for k, v in m.items() if k.startswith(("world_", "bon8_", "threshold"))}}))
@@ -75,14 +77,14 @@ def surprisal_baseline(base: str, rows: list[dict]) -> dict:
 
     from prmforge.model_files import local_model
     from prmforge.prm.metrics import Sample, choose_threshold, processbench_report, split_calibration
-    from prmforge.world import prompt_for
+    from prmforge.prm.model import format_prompt
 
     path, local_only = local_model(base)  # the project's resolver: storage URIs, one cache, safetensors only
     tok = AutoTokenizer.from_pretrained(path, **local_only)
     lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **local_only).eval()
     samples = []
     for x in rows:
-        ids = tok(prompt_for(x["problem"]), add_special_tokens=False)["input_ids"]
+        ids = tok(format_prompt(x["problem"], "world", tok), add_special_tokens=False)["input_ids"]
         spans = []
         for step in x["steps"]:
             s_ids = tok(step + "\n", add_special_tokens=False)["input_ids"]

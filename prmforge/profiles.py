@@ -75,13 +75,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Real GSM8K and MATH text (the bundled gsm8k_test_sample / math_test_sample, or your own)
         # through every stage with the embedded policy, sized like `tiny`: it checks what each stage
         # does with real text (rows in and out, skipped prompts, steps per solution, unscored steps,
-        # time per stage), not quality: a world policy does not solve GSM8K. The policy has 1,024
-        # positions (the tiny one's 256 do not fit most real prompts) and rolls out every problem.
+        # time per stage), not quality: a world policy does not solve GSM8K. The policy is the tiny one
+        # (2,048 positions, like every embedded policy: real prompts fit) and rolls out every problem.
         "seed_problems": {"world_size": 24, "world_difficulty": "easy"},
         "policy_model": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
                          "intermediate_size": 192, "num_layers": 2, "num_heads": 2, "train_steps": 800,
-                         "learning_rate": 0.01, "warmup_steps": 50, "calib_problems": 100, "max_new_tokens": 96,
-                         "max_seq_len": 1024},
+                         "learning_rate": 0.01, "warmup_steps": 50, "calib_problems": 100, "max_new_tokens": 96},
         "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
         "policy_rollouts": {"n": 2, "max_tokens": 96, "shard_size": 4},
         "mc_step_labels": {"k": 2, "max_tokens": 96, "shard_size": 4, "batch_prefixes": 16},

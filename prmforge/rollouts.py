@@ -58,12 +58,6 @@ ROLLOUT_SCHEMA = register_schema(
     ),
 )
 
-INSTRUCT_TEMPLATE = (
-    "{problem}\n\nSolve the problem step by step. Separate the steps with a blank line and end with "
-    '"The answer is X."'
-)
-
-
 class RolloutSettings(StageSettings):
     """``policy_rollouts``: how rollouts are sampled (demo defaults; profiles and run config override)."""
 
@@ -76,7 +70,9 @@ class RolloutSettings(StageSettings):
     prompt_template: str = Field(
         "auto", description="'auto' (world prompt for the bootstrap policy, else an instruct prompt), 'world', "
         "or a format string with {problem}")
-    chat_template: bool = Field(False, description="wrap the prompt with the tokenizer's chat template")
+    chat_template: bool | None = Field(
+        None, description="wrap the prompt with the tokenizer's chat template; unset: yes for the embedded policy "
+        "(trained on its ChatML template), no for other models")
     step_separator: str = Field("auto", description="'auto', 'world', 'paragraph' or a literal separator")
     shard_size: int = Field(64, gt=0, description="problems per shard")
     max_problems: int | None = Field(None, description="only the first N problems (by problem_id)")
@@ -130,37 +126,6 @@ class RolloutRun:
             "completion_tokens_computed": self.completion_tokens_computed, "run_key": self.run_key,
             "backend": backend, "model": model,
         }
-
-
-def render_prompt(problem: str, template: str, bootstrap_policy: bool) -> str:
-    """The text sent to the engine for one problem (before any chat template)."""
-    if template == "world" or (template == "auto" and bootstrap_policy):
-        from prmforge.world import prompt_for
-
-        return prompt_for(problem)
-    if template == "auto":
-        template = INSTRUCT_TEMPLATE
-    if "{problem}" not in template:
-        raise ValueError("prompt_template must contain {problem} (or be 'auto' / 'world')")
-    return template.replace("{problem}", problem)
-
-
-def chat_wrapper(model_path: str, trust_remote_code: bool = False) -> Callable[[str], str]:
-    """``prompt -> chat-formatted prompt`` using the model's own chat template."""
-    from transformers import AutoTokenizer
-
-    from prmforge.model_files import local_model
-
-    path, local_only = local_model(model_path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **local_only)
-    if not getattr(tok, "chat_template", None):
-        raise ValueError(f"chat_template=True but the tokenizer of {model_path} has no chat template")
-
-    def wrap(prompt: str) -> str:
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-
-    return wrap
 
 
 def problems_fingerprint(problems: pa.Table) -> str:
@@ -234,13 +199,16 @@ def _mean_steps(table: pa.Table) -> float:
 def summarize(table: pa.Table, n: int) -> dict:
     """Accuracy, pass@n, truncation, finish-reason and skip counts of a rollout table.
 
-    ``empty_steps`` counts rollouts that ran and produced no step (engine errors included); skipped
-    prompts are counted apart (``skipped_rollouts``, ``skipped_prompts``, ``skip_message``), never as empty.
+    ``empty_steps`` counts rollouts that ran and produced no step (engine errors included);
+    ``empty_answers`` counts the policy's empty answers apart: it ended its turn at once (``stop``, no
+    text), which a chat policy may do on a prompt far from its training (a world policy on real GSM8K);
+    skipped prompts are counted apart too (``skipped_rollouts``, ``skipped_prompts``, ``skip_message``).
     """
     rows = table.num_rows
     if rows == 0:
         return {"rollouts": 0, "problems": 0, "accuracy": 0.0, f"pass@{n}": 0.0, "truncation_rate": 0.0,
-                "finish_reasons": {}, "empty_steps": 0, "skipped_rollouts": 0, "skipped_prompts": 0,
+                "finish_reasons": {}, "empty_steps": 0, "empty_answers": 0, "skipped_rollouts": 0,
+                "skipped_prompts": 0,
                 "skip_reasons": {}, "skip_message": "", "usable_rollouts": 0, "steps_per_solution": 0.0}
     pids = table.column("problem_id").to_pylist()
     correct = table.column("correct").to_pylist()
@@ -251,8 +219,11 @@ def summarize(table: pa.Table, n: int) -> dict:
     for r in table.column("finish_reason").to_pylist():
         reasons[r] = reasons.get(r, 0) + 1
     skips = skip_summary(table)
-    empty = sum(1 for s, r in zip(table.column("steps").to_pylist(), table.column("finish_reason").to_pylist(),
-                                  strict=True) if not s and r != "skipped")
+    no_step = [(t, r) for s, t, r in zip(table.column("steps").to_pylist(), table.column("text").to_pylist(),
+                                         table.column("finish_reason").to_pylist(), strict=True)
+               if not s and r != "skipped"]
+    answers = sum(1 for t, r in no_step if r == "stop" and not t.strip())
+    empty = len(no_step) - answers
     return {
         "rollouts": rows,
         "problems": len(solved),
@@ -261,11 +232,12 @@ def summarize(table: pa.Table, n: int) -> dict:
         "truncation_rate": sum(table.column("truncated").to_pylist()) / rows,
         "finish_reasons": reasons,
         "empty_steps": empty,
+        "empty_answers": answers,
         "skipped_rollouts": skips["skipped_rollouts"],
         "skipped_prompts": skips["skipped_prompts"],
         "skip_reasons": skips["skip_reasons"],
         "skip_message": skips["message"],
-        "usable_rollouts": rows - skips["skipped_rollouts"] - empty,
+        "usable_rollouts": rows - skips["skipped_rollouts"] - empty - answers,
         "steps_per_solution": _mean_steps(table),
         "completion_tokens": sum(table.column("completion_tokens").to_pylist()),
     }
@@ -274,8 +246,9 @@ def summarize(table: pa.Table, n: int) -> dict:
 def rollout_checks(run: RolloutRun, problems: pa.Table, settings: RolloutSettings) -> list[CheckOutcome]:
     """``n_per_problem`` and ``steps_non_empty`` (blocking), ``truncation_rate`` (WARN).
 
-    Skipped prompts (longer than the model's context) are reported by ``steps_non_empty`` but only fail it when
-    no rollout is left to label.
+    Skipped prompts (longer than the model's context) and empty answers (the policy ended its turn at once)
+    are reported by ``steps_non_empty`` but only fail it when no rollout is left to label; text that yields
+    no step (a separator that does not match) and engine errors fail it.
     """
     per: dict[str, list[int]] = {p: [] for p in select_problems(problems, settings).column("problem_id").to_pylist()}
     unknown = 0
@@ -296,10 +269,13 @@ def rollout_checks(run: RolloutRun, problems: pa.Table, settings: RolloutSetting
         CheckOutcome("steps_non_empty", empty == 0 and not nothing_left, True, {
             **({"reason": f"{empty} rollouts ran and have no step" if empty else "no rollout left to label"}
                if empty or nothing_left else {}),
-            "empty": empty, "errors": st["finish_reasons"].get("error", 0), "skipped_rollouts": skipped,
+            "empty": empty, "empty_answers": st["empty_answers"], "errors": st["finish_reasons"].get("error", 0),
+            "skipped_rollouts": skipped,
             "skipped_prompts": st["skipped_prompts"], "skip_reasons": st["skip_reasons"],
             **({"skipped": st["skip_message"]} if skipped else {})}, description=("; ".join(filter(None, [
-                f"{empty} rollouts without steps" if empty else "", st["skip_message"],
+                f"{empty} rollouts without steps" if empty else "",
+                f"{st['empty_answers']} empty answers (the policy ended its turn at once)" if st["empty_answers"] else "",
+                st["skip_message"],
                 "no rollout left to label" if nothing_left else ""])) or None)),
         CheckOutcome("truncation_rate", rate <= settings.truncation_warn_rate, False, {
             "truncation_rate": rate, "threshold": settings.truncation_warn_rate}),
@@ -315,7 +291,8 @@ def generate_rollouts(
     engine_factory: Callable[[], Engine],
     bootstrap_policy: bool,
     on_progress: Callable[[Progress, float], None] | None = None,
-    chat: Callable[[str], str] | None = None,
+    *,
+    prompt: Callable[[str], str],
     executor: ShardExecutor | None = None,
 ) -> RolloutRun:
     """Sample ``settings.n`` rollouts of every problem, resuming finished shards.
@@ -323,7 +300,8 @@ def generate_rollouts(
     ``engine_factory`` is only called if some shard still has to be computed,
     so a fully resumed run never loads a model; under a remote ``executor``
     (Ray actors) it is pickled and called once in each worker. ``on_progress(progress,
-    tokens_per_s)`` is called after each computed shard.
+    tokens_per_s)`` is called after each computed shard. ``prompt`` turns a problem into the text sent to
+    the engine (:class:`prmforge.prompts.PolicyPrompt`: template, then the chat template).
     """
     problems = select_problems(problems, settings)
     run_key = fingerprint({
@@ -331,6 +309,7 @@ def generate_rollouts(
         "settings": settings.run_fingerprint(),
         "engine": engine_identity,
         "bootstrap": bootstrap_policy,
+        "prompt": prompt("{problem}"),  # the whole template, chat wrapping included
         "input": problems_fingerprint(problems),
     })
     separator = resolve_separator(settings.step_separator, bootstrap_policy)
@@ -342,16 +321,14 @@ def generate_rollouts(
         nonlocal engine
         if engine is None:
             engine = engine_factory()
-        prompts = [render_prompt(p["problem"], settings.prompt_template, bootstrap_policy) for p in chunk]
-        if chat is not None:
-            prompts = [chat(p) for p in prompts]
+        prompts = [prompt(p["problem"]) for p in chunk]
         params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                                 max_tokens=settings.max_tokens, seed=shard_seed(settings.seed, index),
                                 stop=tuple(settings.stop))
         results = engine.generate(prompts, params)
         rows: list[dict] = []
-        for problem, prompt, comps in zip(chunk, prompts, results, strict=True):
-            rows.extend(rollout_rows(problem, prompt, comps, separator))
+        for problem, text, comps in zip(chunk, prompts, results, strict=True):
+            rows.extend(rollout_rows(problem, text, comps, separator))
         return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
 
     def progress(p: Progress) -> None:

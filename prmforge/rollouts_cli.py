@@ -18,6 +18,7 @@ import sys
 
 from prmforge.engines.factory import EngineConfig, make_engine
 from prmforge.profiles import stage_settings
+from prmforge.prompts import policy_prompt
 from prmforge.rollouts import DATASET, generate_rollouts
 from prmforge.storage import Storage
 
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = stage_settings("policy_rollouts", args.profile, **json.loads(args.settings))
     cfg = EngineConfig(**{**json.loads(args.engine), "model": args.model})
     problems = storage.read_dataset("seed_problems", args.partition)
+    prompt = policy_prompt(args.model, settings.prompt_template, args.bootstrap, settings.chat_template,
+                           cfg.trust_remote_code)
     run = generate_rollouts(storage, args.partition, problems, settings, cfg.identity(),
-                            lambda: make_engine(cfg), args.bootstrap)
+                            lambda: make_engine(cfg), args.bootstrap, prompt=prompt)
     url = storage.write_dataset(DATASET, run.table, args.partition)
     print(json.dumps({"url": url, "run_key": run.run_key, "rows": run.table.num_rows,
                       "shards_total": run.shards_total, "shards_reused": run.shards_reused,

@@ -3,7 +3,8 @@
 It serves deterministic text (a function of prompt, seed and choice index),
 applies stop strings and max_tokens like a real server, and can be told to
 misbehave for a given prompt: a script of responses (``"429"``, ``"500"``,
-``"400"``, ``"timeout"``, ``"garbage"``, ``"ok"``) played one per request.
+``"400"``, ``"context"`` (vLLM's 400 for a prompt over the context), ``"timeout"``,
+``"garbage"``, ``"ok"``) played one per request.
 It records every request and the peak number of requests in flight.
 """
 
@@ -102,6 +103,12 @@ class CompletionServer:
         if action in {"429", "500", "503", "400"}:
             headers = {"Retry-After": "0.05"} if action == "429" else None
             return self._send(h, int(action), json.dumps({"error": action}).encode(), headers)
+        if action == "context":  # vLLM 0.32's words and body for a prompt over max_model_len
+            msg = ("This model's maximum context length is 64 tokens. However, your prompt contains 80 input "
+                   "tokens, which exceeds this limit even without any output tokens. Please reduce the length "
+                   "of the input prompt.")
+            body = {"error": {"message": msg, "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+            return self._send(h, 400, json.dumps(body).encode())
         if action == "garbage":
             return self._send(h, 200, b"<html>not json")
         n, max_tokens, seed = int(req.get("n", 1)), int(req["max_tokens"]), int(req.get("seed", 0))

@@ -23,9 +23,9 @@ def world_seed_table(n: int, dataset: str = "world-demo", seed: int = 5) -> pa.T
 
 
 def tiny_policy(path: Path) -> Path:
-    """A tiny random Llama (+ tokenizer) standing in for the bootstrap policy."""
-    from prmforge.engines.tiny import build_tiny_llama
+    """A tiny random Qwen2 (+ tokenizer with a chat template) standing in for the bootstrap policy."""
+    from prmforge.engines.tiny import build_tiny_qwen2
 
     if not (path / "model.safetensors").exists():
-        build_tiny_llama(path)
+        build_tiny_qwen2(path)
     return path

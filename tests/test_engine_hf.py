@@ -1,4 +1,4 @@
-"""HFEngine: our own KV-cached sampling loop on a tiny random Llama."""
+"""HFEngine: our own KV-cached sampling loop on a tiny random Qwen2 (random q/k/v biases)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from prmforge.engines.base import SamplingParams
 from prmforge.engines.hf import HFEngine
-from prmforge.engines.tiny import build_tiny_llama
+from prmforge.engines.tiny import build_tiny_qwen2
 from prmforge.model_files import PickleWeightsError
 
 torch.set_num_threads(1)
@@ -20,7 +20,7 @@ PROMPTS = ["Tom has 3 apples", "A train travels 60 km in 1 hour. How far does it
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_eos_stops_generation(tiny_model: Path, tmp_path: Path) -> None:
     out = eng.generate(["Tom has 3 apples"], SamplingParams(n=1, temperature=0.0, max_tokens=12))[0][0]
     assert out.finish_reason == "stop"
     assert out.completion_tokens == k + 1
-    assert out.text == base.tokenizer.decode(ids[:k])
+    assert out.text == base.tokenizer.decode(ids[:k], skip_special_tokens=True)  # the engine drops special tokens
 
 
 def test_prompt_kv_computed_once_for_n_samples(engine: HFEngine) -> None:

@@ -108,3 +108,35 @@ def test_generate_works_inside_a_running_event_loop() -> None:
             return eng.generate(["a"], SamplingParams(n=1, max_tokens=2))
 
         assert asyncio.run(main())[0][0].finish_reason == "length"
+
+
+def test_too_long_prompt_is_skipped_with_the_reason_every_engine_gives(tmp_path) -> None:
+    """Known context + local tokenizer: the shared rule, no request; else the server's context 400 is a skip."""
+    from transformers import AutoTokenizer
+
+    from prmforge.engines.base import PROMPT_TOO_LONG, skip_reason
+    from prmforge.engines.tiny import build_tiny_qwen2
+
+    model = build_tiny_qwen2(tmp_path / "m", layers=1)
+    tok = AutoTokenizer.from_pretrained(model)
+    short, long = "Tom has 3 apples.", "Tom has 3 apples and buys 5 more. " * 8
+    n_short, n_long = (len(tok(p)["input_ids"]) for p in (short, long))
+    context = n_short + 8
+    assert n_long + 8 > context
+    params = SamplingParams(n=2, max_tokens=8)
+    with CompletionServer() as srv:
+        counted = engine(srv, tokenizer=str(model), max_model_len=context).generate([short, long], params)
+        assert [c.finish_reason for c in counted[0]] == ["length", "length"]
+        assert [(c.finish_reason, c.text, c.prompt_tokens) for c in counted[1]] == [("skipped", "", n_long)] * 2
+        assert counted[1][0].error == skip_reason(n_long, 8, context)  # the HF engine's words exactly
+        assert srv.attempts(long) == 0  # never sent
+        # no local tokenizer: the server's own context error (vLLM's 400) is a skip, not an error, not retried
+        srv.scripts = {"overlong": ["context", "ok"]}
+        refused = engine(srv).generate(["overlong", short], params)
+        assert [c.finish_reason for c in refused[0]] == ["skipped", "skipped"]
+        assert refused[0][0].error.startswith(PROMPT_TOO_LONG) and "maximum context length is 64" in refused[0][0].error
+        assert srv.attempts("overlong") == 1 and refused[1][0].finish_reason == "length"
+        # the factory passes the tokenizer and context through
+        cfg = EngineConfig(backend="openai", model="tiny", base_url=srv.base_url, tokenizer=str(model),
+                           max_model_len=context)
+        assert make_engine(cfg).generate([long], params)[0][0].error == skip_reason(n_long, 8, context)

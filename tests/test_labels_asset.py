@@ -75,9 +75,9 @@ def _materialize(instance: DagsterInstance, root: str, model: str, run_config: d
 def test_three_label_assets_materialise(local_root: str, tmp_path) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    model = str(build_tiny_llama(tmp_path / "tiny"))
+    model = str(build_tiny_qwen2(tmp_path / "tiny"))
     storage = Storage(local_root)
     truth = _write_inputs(storage)
     # the oracle agrees with how the rollouts were built

@@ -87,9 +87,9 @@ def test_llm_judge_through_real_hf_engine(tmp_path) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from prmforge.engines.hf import HFEngine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    path = build_tiny_llama(tmp_path / "tiny")
+    path = build_tiny_qwen2(tmp_path / "tiny")
     eng = HFEngine(str(path), device="cpu", batch_size=8)
     steps = [["3 + 5 = 8", "8 x 2 = 17"], ["1 + 1 = 2"]]
     outs = judge_with_engine(eng, ["Tom has 3 apples", "Add"], steps, max_tokens=12, temperature=1.0)

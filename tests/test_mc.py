@@ -141,9 +141,9 @@ def test_engine_value_with_real_tiny_model(tmp_path) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from prmforge.engines.hf import HFEngine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    engine = HFEngine(str(build_tiny_llama(tmp_path / "tiny")), device="cpu", batch_size=64)
+    engine = HFEngine(str(build_tiny_qwen2(tmp_path / "tiny")), device="cpu", batch_size=64)
     # a grader that accepts any completion containing a digit: the random model emits
     # digits often but not always, so soft values land strictly inside [0, 1]
     value = EngineValue(engine, grade=lambda text, gold: any(c.isdigit() for c in text), k=4, max_tokens=8,

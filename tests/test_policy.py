@@ -17,6 +17,7 @@ from prmforge.policy.calibration import report_from_samples
 from prmforge.policy.sample import JudgedSample, policy_engine, sample_and_judge
 from prmforge.policy.train import train_policy
 from prmforge.profiles import stage_settings
+from prmforge.prompts import policy_prompt
 from prmforge.world import generate_problems
 
 torch.set_num_threads(1)
@@ -45,7 +46,35 @@ def test_saved_in_hf_format(trained):
             "generation_config.json"} <= names
     assert not any(n.endswith((".bin", ".pt")) for n in names)
     cfg = json.loads((trained / "config.json").read_text())
-    assert cfg["model_type"] == "llama" and "auto_map" not in cfg
+    assert cfg["model_type"] == "llama" and "auto_map" not in cfg and cfg["max_position_embeddings"] == 2048
+    assert "chat_template" not in json.loads((trained / "tokenizer_config.json").read_text())
+
+
+def test_qwen2_policy_is_shaped_like_qwen2_5_math(tiny, tmp_path):
+    """``architecture: qwen2``: Qwen2ForCausalLM, tied, 2,048 positions, Qwen2's tokenizer and ChatML template,
+    trained on (and reloaded with) exactly the chat-templated text every sampler builds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prmforge.policy.train import encode_examples
+    from prmforge.tokenizer import QWEN2_EOS_TOKEN
+
+    out = train_policy(tiny.model_copy(update={"architecture": "qwen2", "train_steps": 10}), tmp_path).path
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["tie_word_embeddings"]
+    assert cfg["max_position_embeddings"] == 2048
+    assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"][0] == cfg["eos_token_id"]
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(tok).__name__ == "Qwen2Tokenizer" and tok.eos_token == QWEN2_EOS_TOKEN
+    prompt = policy_prompt(str(out))
+    problem = generate_problems(1, 7, "easy", split="heldout")[0]
+    text = prompt(problem.problem)
+    assert prompt.chat and text.startswith("<|im_start|>system\n")
+    assert text.endswith("Solution:\n<|im_end|>\n<|im_start|>assistant\n")
+    # the examples the policy was trained on are the prompt every sampler builds, tokenised the same way
+    ids, plen = encode_examples(tok, tiny.model_copy(update={"architecture": "qwen2", "n_train_problems": 3}))[0]
+    assert tok.decode(ids[:plen]).startswith("<|im_start|>system") and ids[-1] == tok.eos_token_id
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
 
 
 def test_reload_and_generate_in_fresh_process(trained):
@@ -78,11 +107,13 @@ def test_training_is_deterministic(tiny, trained, tmp_path):
 
 def test_sample_and_judge_is_reproducible(trained, tiny):
     problems = generate_problems(4, 7, tiny.difficulty, split="heldout")
+    prompt = policy_prompt(str(trained))  # the llama policy: no chat template, the plain world prompt
+    assert not prompt.chat and prompt(problems[0].problem).startswith("Problem: ")
     with policy_engine(trained, batch_size=3, num_threads=1) as small, \
             policy_engine(trained, batch_size=8, num_threads=1) as big:
-        one = sample_and_judge(small, problems, 2, 1.0, 24, seed=5)
-        two = sample_and_judge(big, problems, 2, 1.0, 24, seed=5)
-        other = sample_and_judge(big, problems, 2, 1.0, 24, seed=6)
+        one = sample_and_judge(small, problems, prompt, 2, 1.0, 24, seed=5)
+        two = sample_and_judge(big, problems, prompt, 2, 1.0, 24, seed=5)
+        other = sample_and_judge(big, problems, prompt, 2, 1.0, 24, seed=6)
     assert len(one) == 8
     assert [s.text for s in one] == [s.text for s in two]  # batch size does not change samples
     assert [s.text for s in one] != [s.text for s in other]

@@ -27,6 +27,7 @@ from prmforge import env
 from prmforge.distributed.ray_pool import RayConnection, RayExecutor
 from prmforge.engines.factory import make_engine
 from prmforge.profiles import stage_settings
+from prmforge.prompts import policy_prompt
 from prmforge.rollouts import generate_rollouts
 from prmforge.storage import Storage
 from resources import build_resources
@@ -112,12 +113,13 @@ def test_killed_actor_loses_only_its_shard_and_the_table_equals_one_process(tmp_
     seed = world_seed_table(12)
     settings = stage_settings("policy_rollouts")
     cfg = _engine(model_dir).config()
+    prompt = policy_prompt(cfg.model)  # the chat-templating prompt builder travels to every actor
     calls = tmp_path / "calls"
     calls.mkdir()
     executor = RayExecutor(connection=RayConnection(address="local"), num_actors=2, max_actor_restarts=1)
     distributed = generate_rollouts(Storage(f"file://{tmp_path / 'ray'}"), PART, seed, settings, cfg.identity(),
                                     partial(dies_once, cfg, tmp_path / "killed", calls), True,
-                                    executor=executor)
+                                    prompt=prompt, executor=executor)
     assert executor.deaths == 1 and (tmp_path / "killed").exists()
     shards = distributed.shards_total
     assert shards == 3 and distributed.shards_computed == 3
@@ -127,7 +129,7 @@ def test_killed_actor_loses_only_its_shard_and_the_table_equals_one_process(tmp_
         by_seed[f.name.split("-")[0]] = by_seed.get(f.name.split("-")[0], 0) + 1
     assert sorted(by_seed.values()) == [1, 1, 2]
     one = generate_rollouts(Storage(f"file://{tmp_path / 'local'}"), PART, seed, settings, cfg.identity(),
-                            partial(make_engine, cfg), True)
+                            partial(make_engine, cfg), True, prompt=prompt)
     assert distributed.table.num_rows == 24
     assert distributed.table.equals(one.table)
     assert distributed.completion_tokens_computed == one.completion_tokens_computed > 0

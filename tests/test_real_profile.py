@@ -46,7 +46,7 @@ def test_real_profile_on_real_gsm8k(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                                                             "kept_share_in_bounds"}
     rollouts = s.rows[("policy_rollouts", PART)]
     assert rollouts["problems"] == 12 and rollouts["rollouts"] == 24  # n=2, every real problem
-    assert rollouts["skipped_prompts"] == 0  # 1,024 positions fit every prompt + max_tokens
+    assert rollouts["skipped_prompts"] == 0  # 2,048 positions fit every prompt + max_tokens
     assert rollouts["steps_per_solution"] > 1
     mc = s.rows[("mc_step_labels", PART)]
     assert mc["rollouts"] == 24 and mc["labelled"] + mc["skipped"] + mc["failed"] == 24

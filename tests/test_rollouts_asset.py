@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from dagster import AssetSpec, DagsterInstance, MaterializeResult, asset, materialize
@@ -71,7 +72,8 @@ def test_materialise_with_explicit_model(local_root: str, model_dir: Path) -> No
     assert checks["n_per_problem"].passed
     errors = sum(r["finish_reason"] == "error" for r in rows) / len(rows)
     assert checks["rollouts_contract"].passed == (errors <= 0.05), checks["rollouts_contract"].metadata
-    empty = sum(1 for r in rows if not r["steps"])
+    # an empty answer (the model ended its turn at once) is counted apart; text without steps fails the check
+    empty = sum(1 for r in rows if not r["steps"] and not (r["finish_reason"] == "stop" and not r["text"].strip()))
     assert checks["steps_non_empty"].passed == (empty == 0)
     trunc = sum(r["truncated"] for r in rows) / len(rows)
     assert checks["truncation_rate"].passed == (trunc <= 0.2)
@@ -134,3 +136,24 @@ def test_embedded_default_end_to_end(local_root: str) -> None:
     from prmforge.answers import grade
 
     assert all((r["extracted_answer"], r["correct"]) == grade(r["text"], r["gold_answer"]) for r in rows)
+
+
+def test_empty_answers_are_counted_apart_from_rollouts_without_steps() -> None:
+    """A chat policy may end its turn at once on a prompt far from its training: counted, not blocking."""
+    from prmforge.engines.base import Completion
+    from prmforge.rollouts import RolloutRun, RolloutSettings, rollout_checks, rollout_rows, summarize
+
+    seed = world_seed_table(2)
+    problems = seed.to_pylist()
+    ok = Completion("Mia buys 3 more: 5 + 3 = 8. The answer is 8.", 5, 12, "stop")
+    answer_rows = rollout_rows(problems[0], "p", [ok, Completion("", 5, 1, "stop")], "\n")
+    garbled_rows = rollout_rows(problems[1], "p", [ok, Completion("   ", 5, 40, "length")], "\n")
+    settings = RolloutSettings(n=2)
+    for rows, passed, answers, empty in ((answer_rows + rollout_rows(problems[1], "p", [ok, ok], "\n"), True, 1, 0),
+                                         (answer_rows + garbled_rows, False, 1, 1)):
+        table = pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+        st = summarize(table, 2)
+        assert (st["empty_answers"], st["empty_steps"], st["usable_rollouts"]) == (answers, empty, 4 - answers - empty)
+        run = RolloutRun(table, "k", 1, 0, 1, 0.0, 0, 0.0, st)
+        check = {c.name: c for c in rollout_checks(run, seed, settings)}["steps_non_empty"]
+        assert check.passed is passed and check.metadata["empty_answers"] == answers

@@ -45,6 +45,29 @@ def test_world_words_and_numbers_are_single_tokens(tok):
         assert len(tok(piece, add_special_tokens=False)["input_ids"]) == 1, piece
 
 
+def test_a_qwen2_folder_loads_the_tokenizer_it_was_trained_as(tmp_path):
+    """transformers loads a ``qwen2`` model's tokenizer as ``Qwen2Tokenizer``, rebuilding its pre-tokeniser:
+    the saved policy tokenizer must encode exactly as the one the policy was trained with (and vLLM loads)."""
+    import json
+
+    from prmforge.prompts import PolicyPrompt
+    from prmforge.tokenizer import QWEN2_EOS_TOKEN, render_chat
+    from prmforge.world import generate_problems
+
+    tok = train_tokenizer(world_corpus(n_per_difficulty=200, qwen2=True), vocab_size=700, qwen2=True)
+    assert tok.convert_ids_to_tokens(tok(" 12", add_special_tokens=False)["input_ids"]) == ["Ġ", "1", "2"]
+    save_tokenizer(tok, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(again).__name__ == "Qwen2Tokenizer"
+    prompt = PolicyPrompt("world", True, tok)
+    texts = [prompt(p.problem) + p.solution_text() + QWEN2_EOS_TOKEN for p in generate_problems(40, 3, "standard")]
+    texts += [t + STEP_TOKEN for t in UNICODE]
+    assert again(texts)["input_ids"] == tok(texts)["input_ids"]
+    assert PolicyPrompt("world", True, again)("x") == render_chat("Problem: x\nSolution:\n") == prompt("x")
+    assert again.eos_token == QWEN2_EOS_TOKEN and again.chat_template == tok.chat_template
+
+
 def test_save_and_reload(tok, tmp_path):
     save_tokenizer(tok, tmp_path)
     again = AutoTokenizer.from_pretrained(str(tmp_path))

@@ -108,10 +108,28 @@ def test_seeded_batch_with_long_prompts(engine: VLLMEngine) -> None:
     assert len(out) == 48 and all(len(r) == 3 for r in out)
 
 
-def test_generation_error_is_reported_and_engine_stays_usable(engine: VLLMEngine) -> None:
+def test_too_long_prompt_is_skipped_with_the_shared_reason(engine: VLLMEngine, model_dir: Path) -> None:
+    """The rule and words of the HF engine (``skip_reason``); the prompts that fit still run in the batch."""
+    from transformers import AutoTokenizer
+
+    from prmforge.engines.base import skip_reason
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
     too_long = "1 + 1 = 2. " * 400  # far beyond max_model_len=512
+    edge = "1 + 1 = 2. " * 30
+    n_long, n_edge = len(tok(too_long)["input_ids"]), len(tok(edge)["input_ids"])
+    budget = 512 - n_edge + 1  # the edge prompt fits alone, not with this many new tokens
+    out = engine.generate([PROMPTS[0], too_long, edge], SamplingParams(n=2, max_tokens=budget, seed=3))
+    assert [c.finish_reason for c in out[0]] != ["skipped"] * 2 and all(c.text for c in out[0])
+    for row, count in ((out[1], n_long), (out[2], n_edge)):
+        assert [(c.finish_reason, c.text, c.prompt_tokens) for c in row] == [("skipped", "", count)] * 2
+        assert row[0].error == skip_reason(count, budget, 512)
+    assert engine.generate([too_long], SamplingParams(max_tokens=8))[0][0].finish_reason == "skipped"
+
+
+def test_generation_error_is_reported_and_engine_stays_usable(engine: VLLMEngine) -> None:
     with pytest.raises(VLLMWorkerError, match="generation failed"):
-        engine.generate([too_long], SamplingParams(max_tokens=8))
+        engine.generate(PROMPTS[:1], SamplingParams(top_p=0.0, max_tokens=8))  # vLLM refuses top_p=0
     assert len(engine.generate(PROMPTS[:1], SamplingParams(n=2, max_tokens=8))[0]) == 2
 
 

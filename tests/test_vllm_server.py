@@ -78,6 +78,28 @@ def test_openai_engine_samples_from_the_server(server: VLLMServer) -> None:
     assert [[c.text for c in r] for r in a] == [[c.text for c in r] for r in b]
 
 
+def test_too_long_prompt_is_skipped_not_failed(server: VLLMServer, tmp_path: Path) -> None:
+    """The server's own context error is a skip; with a local tokenizer and the context, the shared rule applies."""
+    from prmforge.engines.base import PROMPT_TOO_LONG, skip_reason
+
+    model = tiny_policy(tmp_path / "tiny")  # the served model (same seed, same folder contents)
+    too_long = "1 + 1 = 2. " * 1000  # far beyond the tiny policy's 2,048 positions
+    sp = SamplingParams(n=2, max_tokens=8, seed=5)
+    plain = make_engine(EngineConfig(backend="openai", model=NAME, base_url=server.base_url,
+                                     api_key_env="PRMFORGE_TEST_NO_KEY", max_retries=0))
+    out = plain.generate([too_long, "x ="], sp)
+    assert [c.finish_reason for c in out[0]] == ["skipped", "skipped"], out[0][0].error
+    assert out[0][0].error.startswith(PROMPT_TOO_LONG) and "maximum context length" in out[0][0].error
+    assert all(c.finish_reason in {"stop", "length"} for c in out[1])
+    counted = make_engine(EngineConfig(backend="openai", model=NAME, base_url=server.base_url,
+                                       api_key_env="PRMFORGE_TEST_NO_KEY", tokenizer=str(model), max_model_len=2048))
+    row = counted.generate([too_long], sp)[0]
+    from transformers import AutoTokenizer
+
+    n = len(AutoTokenizer.from_pretrained(model)(too_long)["input_ids"])
+    assert row[0].finish_reason == "skipped" and row[0].error == skip_reason(n, 8, 2048)
+
+
 def test_server_killed_mid_run_and_restarted(server: VLLMServer, tmp_path: Path) -> None:
     seed = world_seed_table(16, dataset=PART)
     roots = {}

@@ -44,6 +44,7 @@ class SamplingParams:
 
 
 PROMPT_TOO_LONG = "prompt longer than the model's context"
+EMPTY_PROMPT = "empty prompt"
 
 
 @dataclass
@@ -64,6 +65,27 @@ class Completion:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     error: str | None = None
+
+
+def skip_reason(prompt_tokens: int, max_tokens: int, max_positions: int | None) -> str | None:
+    """Why a prompt of ``prompt_tokens`` tokens cannot run with ``max_tokens`` new ones, or None if it can.
+
+    The one rule every engine applies before sampling (HF in process, the vLLM
+    worker, the OpenAI client when it knows the model's context), so a prompt
+    is skipped the same way, with the same reason, whichever backend runs it:
+    the prompt and the whole generation budget must fit the model's positions.
+    """
+    if prompt_tokens == 0:
+        return EMPTY_PROMPT
+    if max_positions is not None and prompt_tokens + max_tokens > max_positions:
+        return (f"{PROMPT_TOO_LONG} (max {max_positions:,} positions): {prompt_tokens:,} prompt tokens + "
+                f"max_tokens {max_tokens:,}")
+    return None
+
+
+def skipped_completions(n: int, prompt_tokens: int, reason: str) -> list[Completion]:
+    """The ``n`` completions of a prompt that was not run: empty, ``finish_reason="skipped"``, ``error=reason``."""
+    return [Completion(text="", prompt_tokens=prompt_tokens, finish_reason="skipped", error=reason) for _ in range(n)]
 
 
 class Engine(ABC):

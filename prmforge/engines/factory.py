@@ -33,7 +33,8 @@ class EngineConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm on GPU: share of GPU memory "
                                           "for weights and KV cache")
     max_model_len: int | None = Field(None, gt=0, description="vllm: context length (None = the model's; "
-                                      "lower it to fit the KV cache)")
+                                      "lower it to fit the KV cache); openai: the served model's context, to skip "
+                                      "prompts that do not fit")
     # vllm
     enforce_eager: bool = Field(False, description="vllm: skip torch.compile / CUDA graphs (faster start, slower steps)")
     enable_prefix_caching: bool = Field(True, description="vllm: reuse a prompt's KV blocks across samples and prefixes")
@@ -46,6 +47,8 @@ class EngineConfig(BaseModel):
     max_concurrency: int = Field(16, gt=0, description="openai: requests in flight at once")
     timeout_s: float = Field(60.0, gt=0, description="openai: seconds before one request is abandoned")
     max_retries: int = Field(4, ge=0, description="openai: retries of a failed request (backoff between)")
+    tokenizer: str = Field("", description="openai: a local copy of the served model's tokenizer (folder, URI or "
+                           "hub id); with max_model_len, prompts that do not fit are skipped before any request")
 
     def identity(self) -> dict:
         """The fields that change sampled text (part of resumable run keys)."""
@@ -67,7 +70,8 @@ def make_engine(cfg: EngineConfig) -> Engine:
 
         return OpenAIEngine(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                             max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
-                            max_retries=cfg.max_retries)
+                            max_retries=cfg.max_retries, tokenizer=cfg.tokenizer or None,
+                            max_model_len=cfg.max_model_len)
     if cfg.backend == "vllm":
         from prmforge.engines.vllm import VLLMEngine
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prmforge.engines.base import PROMPT_TOO_LONG, Completion, Engine, SamplingParams
+from prmforge.engines.base import Completion, Engine, SamplingParams, skip_reason, skipped_completions
 from prmforge.model_files import ModelSourceError, local_model
 
 log = logging.getLogger(__name__)
@@ -353,13 +353,9 @@ class HFEngine(Engine):
         encoded = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
         ok: list[int] = []
         for i, ids in enumerate(encoded):
-            too_long = self.max_positions is not None and len(ids) + params.max_tokens > self.max_positions
-            if not ids or too_long:
-                why = "empty prompt" if not ids else (
-                    f"{PROMPT_TOO_LONG} (max {self.max_positions:,} positions): {len(ids):,} prompt tokens + "
-                    f"max_tokens {params.max_tokens:,}")
-                results[i] = [Completion(text="", prompt_tokens=len(ids), finish_reason="skipped", error=why)
-                              for _ in range(params.n)]
+            why = skip_reason(len(ids), params.max_tokens, self.max_positions)
+            if why is not None:
+                results[i] = skipped_completions(params.n, len(ids), why)  # type: ignore[assignment]
             else:
                 ok.append(i)
         # Sorting by length cuts padding; sampling is order-independent by construction.

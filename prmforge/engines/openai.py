@@ -6,7 +6,12 @@ requests are in flight. Each request has a timeout and is retried with
 exponential backoff and jitter on 429, 5xx, timeouts, connection errors and
 unparseable bodies (``Retry-After`` is honoured). A prompt that still fails
 becomes ``n`` ``Completion(finish_reason="error")`` rows: one bad prompt never
-loses a shard. The API key is read from the env var whose *name* is
+loses a shard. A prompt longer than the model's context is ``skipped`` with
+the reason, as on every engine: before any request when the engine knows the
+context (``max_model_len``) and has a local ``tokenizer`` to count tokens
+(:func:`prmforge.engines.base.skip_reason`, the shared rule), else when the
+server refuses it for its length (vLLM's and OpenAI's "maximum context length"
+400), never retried. The API key is read from the env var whose *name* is
 configured; it is sent only in the ``Authorization`` header and scrubbed from
 every error message.
 """
@@ -23,7 +28,14 @@ from typing import Any
 
 import httpx
 
-from prmforge.engines.base import Completion, Engine, SamplingParams
+from prmforge.engines.base import (
+    PROMPT_TOO_LONG,
+    Completion,
+    Engine,
+    SamplingParams,
+    skip_reason,
+    skipped_completions,
+)
 from prmforge.env import secret
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,14 @@ class _Fatal(Exception):
     pass
 
 
+class _TooLong(Exception):
+    """The server refused the prompt for its length: skip it, do not retry."""
+
+
+# How vLLM (and OpenAI) say a request does not fit the model's context.
+_CONTEXT_ERRORS = ("maximum context length", "context_length_exceeded")
+
+
 class OpenAIEngine(Engine):
     """Completions from any OpenAI-compatible server."""
 
@@ -54,9 +74,18 @@ class OpenAIEngine(Engine):
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        tokenizer: str | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         if max_concurrency <= 0:
             raise ValueError("max_concurrency must be positive")
+        # Counting prompt tokens needs the served model's tokenizer here (a folder, URI or hub id).
+        self.max_model_len = max_model_len
+        self.tokenizer = None
+        if tokenizer and max_model_len:
+            from prmforge.prompts import load_tokenizer
+
+            self.tokenizer = load_tokenizer(tokenizer)
         self.model = model
         self.url = base_url.rstrip("/") + "/completions"
         self.api_key_env = api_key_env
@@ -111,6 +140,14 @@ class OpenAIEngine(Engine):
             tasks = [self._one(client, sem, p, params) for p in prompts]
             return list(await asyncio.gather(*tasks))
 
+    def _local_skip(self, prompt: str, params: SamplingParams) -> list[Completion] | None:
+        """The skipped completions of a prompt that cannot fit (known without a request), else None."""
+        if self.tokenizer is None:
+            return None
+        count = len(self.tokenizer(prompt)["input_ids"])
+        why = skip_reason(count, params.max_tokens, self.max_model_len)
+        return skipped_completions(params.n, count, why) if why is not None else None
+
     # ---- one prompt ----------------------------------------------------------
     def _body(self, prompt: str, params: SamplingParams) -> dict:
         body: dict[str, Any] = {
@@ -128,12 +165,17 @@ class OpenAIEngine(Engine):
 
     async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: str,
                    params: SamplingParams) -> list[Completion]:
+        local = self._local_skip(prompt, params)
+        if local is not None:
+            return local
         body = self._body(prompt, params)
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             try:
                 async with sem:
                     return await self._request(client, body, params.n)
+            except _TooLong as exc:
+                return skipped_completions(params.n, 0, f"{PROMPT_TOO_LONG} (the server refused it): {exc}")
             except _Fatal as exc:
                 last = str(exc)
                 break
@@ -163,6 +205,8 @@ class OpenAIEngine(Engine):
                 except ValueError:
                     pass
                 raise _Retryable(msg, retry_after)
+            if resp.status_code == 400 and any(m in resp.text for m in _CONTEXT_ERRORS):
+                raise _TooLong(msg)
             raise _Fatal(msg)
         try:
             data = resp.json()

@@ -1,10 +1,11 @@
-"""A tiny random Llama + a tokenizer trained in a second, for tests and benchmarks.
+"""A tiny random Qwen2 + a tokenizer trained in a second, for tests and benchmarks.
 
 Nothing may be downloaded at run time, so the engine tests and the sampling
-benchmark build their own model: a randomly initialised ``LlamaForCausalLM``
-and a byte-level BPE tokenizer trained on a few lines of arithmetic text. It is
-saved as an ordinary Hugging Face folder (safetensors), i.e. exactly what the
-engines load in production.
+benchmark build their own model: a randomly initialised ``Qwen2ForCausalLM``
+(the architecture of Qwen2.5-Math: q/k/v biases, grouped-query attention) and a
+byte-level BPE tokenizer trained on a few lines of arithmetic text, with Qwen's
+ChatML chat template. It is saved as an ordinary Hugging Face folder
+(safetensors), i.e. exactly what the engines load in production.
 """
 
 from __future__ import annotations
@@ -22,28 +23,32 @@ _CORPUS = [
 
 
 def train_tiny_tokenizer(vocab_size: int = 300):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>`` and ``<pad>``."""
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>``, ``<pad>`` and the ChatML tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from prmforge.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
+        special_tokens=["<pad>", "<s>", "</s>", IM_START, IM_END],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
-def build_tiny_llama(
+def build_tiny_qwen2(
     out_dir: str | Path,
     hidden_size: int = 64,
     layers: int = 2,
@@ -53,7 +58,7 @@ def build_tiny_llama(
     max_position_embeddings: int = 2048,
     seed: int = 0,
 ) -> Path:
-    """Save a random tiny Llama and its tokenizer to ``out_dir`` (safetensors).
+    """Save a random tiny Qwen2 and its tokenizer to ``out_dir`` (safetensors).
 
     The default head size is 32 (64 / 2 heads), the smallest vLLM's CPU
     attention supports (32, 64, 80, 96, 112, 128, ...), so the one tiny model
@@ -62,12 +67,12 @@ def build_tiny_llama(
     prompt (about 1,200 tokens with this tokenizer) fits.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tiny_tokenizer()
-    config = LlamaConfig(
+    config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -78,14 +83,20 @@ def build_tiny_llama(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # Untied, as Qwen2.5-7B: a random model with tied embeddings mostly repeats its last token
+        # (the residual stream keeps the input embedding), so greedy samples had no structure.
         tie_word_embeddings=False,
+        use_sliding_window=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = Qwen2ForCausalLM(config)
     # Random init gives near-uniform next-token distributions; sharpen them so
     # samples have structure (EOS appears, temperature and top_p matter).
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
+        for layer in model.model.layers:  # random q/k/v biases, so a path that drops them shows
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out, save_jinja_files=False)
     return out

@@ -13,7 +13,10 @@ over two pipes (stdout/stderr stay free for vLLM's logs):
 * first request ``{"op": "start", "cfg": {...}}``; answer ``{"ok": True, "ready": True, "platform": ...}``
   or ``{"ok": False, "error": ...}``
 * request ``{"op": "generate", "prompts": [...], "params": {...}}`` ->
-  ``{"ok": True, "results": [[{text, prompt_tokens, completion_tokens, finish_reason}, ...], ...]}``
+  ``{"ok": True, "results": [[{text, prompt_tokens, completion_tokens, finish_reason, error}, ...], ...]}``;
+  a prompt that does not fit the model's context with ``max_tokens`` is not sent to vLLM (which would
+  fail the whole batch, or shorten the generation) but answered ``skipped`` with the reason, by the rule
+  every engine shares (:func:`prmforge.engines.base.skip_reason`)
 * request ``{"op": "close"}`` (or EOF) -> the worker shuts vLLM's engine core down and exits.
 
 The worker makes itself a process-group leader (``os.setsid``), so vLLM's
@@ -23,6 +26,7 @@ kill them all at once if a clean shutdown does not finish in time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from prmforge import env
+from prmforge.engines.base import skip_reason, skipped_completions
 
 GiB = 1 << 30
 _HEADER = struct.Struct("!Q")
@@ -86,19 +91,29 @@ def _build_llm(cfg: dict[str, Any]):
 def _generate(llm, prompts: list[str], p: dict[str, Any]) -> list[list[dict]]:
     from vllm import SamplingParams
 
-    sp = SamplingParams(n=int(p["n"]), temperature=float(p["temperature"]), top_p=float(p["top_p"]),
-                        max_tokens=int(p["max_tokens"]), seed=int(p["seed"]), stop=list(p.get("stop") or []) or None)
-    outs = llm.generate(prompts, sp, use_tqdm=False)
-    results = []
-    for o in outs:
+    n, max_tokens = int(p["n"]), int(p["max_tokens"])
+    sp = SamplingParams(n=n, temperature=float(p["temperature"]), top_p=float(p["top_p"]),
+                        max_tokens=max_tokens, seed=int(p["seed"]), stop=list(p.get("stop") or []) or None)
+    tokenizer, max_len = llm.get_tokenizer(), int(llm.model_config.max_model_len)
+    results: list[list[dict] | None] = [None] * len(prompts)
+    run = []
+    for i, text in enumerate(prompts):
+        count = len(tokenizer.encode(text))
+        why = skip_reason(count, max_tokens, max_len)
+        if why is None:
+            run.append(i)
+        else:
+            results[i] = [dataclasses.asdict(c) for c in skipped_completions(n, count, why)]
+    outs = llm.generate([prompts[i] for i in run], sp, use_tqdm=False) if run else []
+    for i, o in zip(run, outs, strict=True):
         prompt_tokens = len(o.prompt_token_ids or [])
         row = []
         for c in sorted(o.outputs, key=lambda c: c.index):
             reason = "length" if c.finish_reason == "length" else "stop"
             row.append({"text": c.text, "prompt_tokens": prompt_tokens, "completion_tokens": len(c.token_ids),
                         "finish_reason": reason})
-        results.append(row)
-    return results
+        results[i] = row
+    return [row or [] for row in results]
 
 
 def _shutdown(llm) -> None:

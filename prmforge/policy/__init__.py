@@ -1,4 +1,4 @@
-"""The bootstrap policy: a small Llama trained from scratch on gold world solutions."""
+"""The bootstrap policy: a small Llama (or Qwen2) trained from scratch on gold world solutions."""
 
 from prmforge.policy.settings import POLICY_CODE_VERSION, PolicySettings
 

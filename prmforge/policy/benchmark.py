@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 
 import pyarrow as pa
 from pydantic import Field
@@ -96,11 +97,12 @@ def to_table(samples: list[JudgedSample]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=WORLD_BENCHMARK)
 
 
-def build_world_benchmark(engine: Engine, settings: BenchmarkSettings, difficulty: str) -> tuple[pa.Table, dict]:
-    """Sample, judge and balance; returns the table and summary counts."""
+def build_world_benchmark(engine: Engine, settings: BenchmarkSettings, difficulty: str,
+                          prompt: Callable[[str], str]) -> tuple[pa.Table, dict]:
+    """Sample (``prompt``: the policy's prompt builder), judge and balance; returns the table and summary counts."""
     problems = generate_problems(settings.n_problems, settings.seed, settings.difficulty or difficulty,
                                  split="heldout")
-    samples = sample_and_judge(engine, problems, settings.samples_per_problem, settings.temperature,
+    samples = sample_and_judge(engine, problems, prompt, settings.samples_per_problem, settings.temperature,
                                settings.max_new_tokens, settings.seed)
     chosen = select_balanced(samples, settings.size, settings.seed)
     table = to_table(chosen)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prmforge.policy.sample import JudgedSample, policy_engine, sample_and_judge
 from prmforge.policy.settings import PolicySettings
+from prmforge.prompts import policy_prompt
 from prmforge.world import generate_problems
 
 ACCURACY_BAND = (0.30, 0.80)
@@ -98,7 +99,8 @@ def calibrate(model_dir: str | Path, settings: PolicySettings) -> tuple[Calibrat
     """Sample the policy once per held-out problem at ``calib_temperature`` and report."""
     problems = generate_problems(settings.calib_problems, settings.calib_seed, settings.difficulty,
                                  split="heldout")
+    prompt = policy_prompt(str(model_dir))
     with policy_engine(model_dir, settings.sample_batch_size, settings.num_threads) as engine:
-        samples = sample_and_judge(engine, problems, 1, settings.calib_temperature, settings.max_new_tokens,
-                                   settings.calib_seed)
+        samples = sample_and_judge(engine, problems, prompt, 1, settings.calib_temperature,
+                                   settings.max_new_tokens, settings.calib_seed)
     return report_from_samples(samples), samples

@@ -8,6 +8,7 @@ calibration describes the samples the pipeline will actually label.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from prmforge.world import (
     WorldProblem,
     extract_answer,
     oracle_first_error,
-    prompt_for,
     split_steps,
 )
 
@@ -44,16 +44,19 @@ def policy_engine(path: str | Path, batch_size: int = 64, num_threads: int | Non
                     trust_remote_code=False, num_threads=num_threads)
 
 
-def sample_and_judge(engine: Engine, problems: list[WorldProblem], n_per_problem: int = 1,
-                     temperature: float = 1.0, max_new_tokens: int = 160, seed: int = 0) -> list[JudgedSample]:
+def sample_and_judge(engine: Engine, problems: list[WorldProblem], prompt: Callable[[str], str],
+                     n_per_problem: int = 1, temperature: float = 1.0, max_new_tokens: int = 160,
+                     seed: int = 0) -> list[JudgedSample]:
     """Sample ``n_per_problem`` solutions per problem and judge every one.
 
-    The engine's counter-based sampling makes each sample a function of
-    (seed, prompt, sample index) only, not of batch size or order.
+    ``prompt`` builds the policy's prompt (``prmforge.prompts.policy_prompt(path)``:
+    the world prompt in the policy's chat template). The engine's counter-based
+    sampling makes each sample a function of (seed, prompt, sample index) only,
+    not of batch size or order.
     """
     params = SamplingParams(n=n_per_problem, temperature=temperature, top_p=1.0,
                             max_tokens=max_new_tokens, seed=seed)
-    completions = engine.generate([prompt_for(p.problem) for p in problems], params)
+    completions = engine.generate([prompt(p.problem) for p in problems], params)
     out = []
     for p, comps in zip(problems, completions, strict=True):
         for c in comps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 from pydantic import Field
 
@@ -11,7 +12,7 @@ from prmforge.config import StageSettings
 
 # Bump when training code changes in a way that changes the trained weights,
 # so ``policy_model`` retrains instead of reusing a stale model.
-POLICY_CODE_VERSION = "1"
+POLICY_CODE_VERSION = "2"  # 2: the architecture setting (qwen2: Qwen2 pre-tokenisation, ChatML examples)
 
 
 class PolicySettings(StageSettings):
@@ -24,12 +25,18 @@ class PolicySettings(StageSettings):
     # tokenizer
     vocab_size: int = Field(768, description="BPE vocabulary size")
     tokenizer_problems: int = Field(3000, description="problems per difficulty the BPE is fitted on")
-    # architecture (LlamaConfig)
-    hidden_size: int = Field(128, description="Llama hidden size")
-    intermediate_size: int = Field(384, description="Llama MLP intermediate size")
-    num_layers: int = Field(3, description="Llama decoder layers")
+    # architecture
+    architecture: Literal["llama", "qwen2"] = Field(
+        "llama", description="'llama' (whole-number tokens, plain world prompt) or 'qwen2' (Qwen2.5-Math's "
+        "architecture, Qwen2's digit-splitting tokenizer and ChatML chat template; measured below the llama "
+        "policy's world quality so far, see docs/world-policy.md)")
+    hidden_size: int = Field(128, description="hidden size (hidden_size / num_heads must be a head size "
+                             "vLLM's CPU attention supports: 32, 64, 80, 96, 112, 128, ...)")
+    intermediate_size: int = Field(384, description="MLP intermediate size")
+    num_layers: int = Field(3, description="decoder layers")
     num_heads: int = Field(4, description="attention heads")
-    max_seq_len: int = Field(256, description="maximum sequence length in tokens")
+    max_seq_len: int = Field(2048, description="context in tokens (max_position_embeddings; RoPE, so a longer "
+                             "context costs no training time); training examples longer than it are dropped")
     # optimisation
     train_steps: int = Field(600, description="optimizer steps")
     batch_size: int = Field(32, description="problems per optimizer step")

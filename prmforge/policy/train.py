@@ -1,10 +1,17 @@
 """Train the bootstrap policy from scratch on gold world solutions, on the CPU.
 
-The model is a plain ``LlamaForCausalLM`` and the folder holds only
-``config.json``, ``generation_config.json``, ``model.safetensors`` and the
-tokenizer files, so ``AutoModelForCausalLM.from_pretrained`` (or vLLM) loads
-it with no custom code. Loss is taken on solution tokens only: the problem
-text is given at sampling time, so capacity spent modelling it is wasted.
+The model is a plain ``LlamaForCausalLM`` (``architecture: llama``, the
+default) or ``Qwen2ForCausalLM`` (``qwen2``: the architecture of Qwen2.5-Math,
+biased q/k/v projections, tied embeddings, RoPE with theta 10,000, Qwen2's
+tokenizer and ChatML chat template), 2,048 positions either way; the folder
+holds only ``config.json``, ``generation_config.json``, ``model.safetensors``
+and the tokenizer files, so ``AutoModelForCausalLM.from_pretrained`` (or vLLM)
+loads it with no custom code. Examples are the prompt from
+:class:`prmforge.prompts.PolicyPrompt` (the builder every sampler uses: in the
+chat template when the tokenizer has one), the gold solution and EOS; loss is
+taken on solution tokens only: the problem text is given at sampling time, so
+capacity spent modelling it is wasted. The context only sets ``max_position_embeddings`` (RoPE needs no
+position table), so 2,048 positions cost nothing while examples stay short.
 Training runs a fixed number of steps (not a time budget) so the result is a
 function of the settings alone.
 """
@@ -19,12 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from prmforge.policy.settings import PolicySettings
 from prmforge.progress import ProgressLog
-from prmforge.tokenizer import save_tokenizer, train_tokenizer, world_corpus
-from prmforge.world import generate_problems, prompt_for
+from prmforge.prompts import PolicyPrompt
+from prmforge.tokenizer import ENDOFTEXT_TOKEN, save_tokenizer, train_tokenizer, world_corpus
+from prmforge.world import generate_problems
 
 
 @dataclass
@@ -41,7 +56,8 @@ class TrainResult:
 def encode_examples(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> list[tuple[list[int], int]]:
     """``(token ids, prompt length)`` of each training problem; over-long ones are dropped."""
     problems = generate_problems(settings.n_train_problems, settings.train_seed, settings.difficulty)
-    prompts = [prompt_for(p.problem) for p in problems]
+    prompt = PolicyPrompt("world", bootstrap_policy=True, chat_tokenizer=tok if tok.chat_template else None)
+    prompts = [prompt(p.problem) for p in problems]
     solutions = [p.solution_text() for p in problems]
     p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
     s_ids = tok(solutions, add_special_tokens=False)["input_ids"]
@@ -55,8 +71,24 @@ def encode_examples(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> l
     return out
 
 
-def build_model(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> LlamaForCausalLM:
-    config = LlamaConfig(
+def build_model(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> LlamaForCausalLM | Qwen2ForCausalLM:
+    """A randomly initialised Llama or Qwen2 shaped by ``settings`` (head size must suit vLLM's CPU attention)."""
+    if settings.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=settings.hidden_size,
+            intermediate_size=settings.intermediate_size,
+            num_hidden_layers=settings.num_layers,
+            num_attention_heads=settings.num_heads,
+            num_key_value_heads=settings.num_heads,
+            max_position_embeddings=settings.max_seq_len,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            rms_norm_eps=1e-5,
+        ))
+    config = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -64,13 +96,15 @@ def build_model(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> Llama
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_heads,
         max_position_embeddings=settings.max_seq_len,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        use_sliding_window=False,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        rms_norm_eps=1e-5,
+        rms_norm_eps=1e-6,
     )
-    return LlamaForCausalLM(config)
+    return Qwen2ForCausalLM(config)
 
 
 def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,7 +149,8 @@ def train_policy(
     try:
         random.seed(settings.seed)
         torch.manual_seed(settings.seed)
-        tok = train_tokenizer(world_corpus(settings.tokenizer_problems), settings.vocab_size)
+        qwen2 = settings.architecture == "qwen2"
+        tok = train_tokenizer(world_corpus(settings.tokenizer_problems, qwen2=qwen2), settings.vocab_size, qwen2)
         examples = encode_examples(tok, settings)
         model = build_model(tok, settings)
         n_params = sum(p.numel() for p in model.parameters())
@@ -157,9 +192,11 @@ def train_policy(
                 progress.update(step + 1, f"loss {curve[-1][1]:.4f}")
         seconds = time.perf_counter() - start
         model.eval()
+        # Qwen2 stops at <|im_end|> or <|endoftext|>, as Qwen's instruct generation configs do.
+        eos = [tok.eos_token_id, tok.convert_tokens_to_ids(ENDOFTEXT_TOKEN)] if qwen2 else tok.eos_token_id
         model.generation_config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=settings.max_new_tokens,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+            eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None,
         )
         model.save_pretrained(str(out_dir), safe_serialization=True)
         save_tokenizer(tok, out_dir)

@@ -98,7 +98,7 @@ class Layout:
             from prmforge.prm.data import encode_example
             from prmforge.prm.model import format_prompt
 
-            ex = encode_example(tok, format_prompt(problem, self.info["prompt_format"]), list(steps),
+            ex = encode_example(tok, format_prompt(problem, self.info["prompt_format"], tok), list(steps),
                                 int(self.info["step_token_id"]), self.max_length)
             return Encoded(ex.input_ids, ex.step_positions, ex.n_dropped_steps)
         ids: list[int] = [tok.bos_token_id] if tok.bos_token_id is not None else []

@@ -53,12 +53,20 @@ class PRMConfig:
     head_act: Literal["gelu", "relu"] = "gelu"  # relu + head_hidden == hidden size: the standard (Qwen2 PRM) head
 
 
-def format_prompt(problem: str, prompt_format: str = "world") -> str:
-    """The prompt text the PRM sees for ``problem`` (the policy's prompt by default)."""
-    if prompt_format == "world":
-        from prmforge.world import prompt_for
+def format_prompt(problem: str, prompt_format: str = "world", tokenizer=None) -> str:
+    """The prompt text the PRM sees for ``problem``.
 
-        return prompt_for(problem)
+    ``world`` (default): the embedded policy's prompt, built by the one prompt
+    builder (:class:`prmforge.prompts.PolicyPrompt`), in ``tokenizer``'s chat
+    template when it has one (a PRM on the embedded policy has the policy's
+    ChatML template, so it reads the very text the rollouts were sampled with);
+    ``raw``: the problem text as is.
+    """
+    if prompt_format == "world":
+        from prmforge.prompts import PolicyPrompt
+
+        chat = tokenizer if getattr(tokenizer, "chat_template", None) else None
+        return PolicyPrompt("world", bootstrap_policy=True, chat_tokenizer=chat)(problem)
     return problem
 
 
@@ -336,7 +344,7 @@ def score_steps(
     max_length = max_length or cfg.max_length
     device = next(model.parameters()).device
     encoded = [
-        encode_example(tokenizer, format_prompt(problem, cfg.prompt_format), list(steps), cfg.step_token_id,
+        encode_example(tokenizer, format_prompt(problem, cfg.prompt_format, tokenizer), list(steps), cfg.step_token_id,
                        max_length)
         for problem, steps in items
     ]

@@ -232,22 +232,24 @@ def bon_problems(world_table: pa.Table, s: PRMEvalSettings) -> list[dict]:
     return problems[: s.bon_problems]
 
 
-def sample_bon(policy_engine: EngineConfig, problems: Sequence[dict],
-               s: PRMEvalSettings) -> list[list[tuple[list[str], str | None, bool]]]:
+def sample_bon(policy_engine: EngineConfig, problems: Sequence[dict], s: PRMEvalSettings,
+               prompt: Callable[[str], str]) -> list[list[tuple[list[str], str | None, bool]]]:
     """N policy samples per problem as ``(steps, extracted answer, correct)``; errors become wrong candidates.
 
     Sampled through the configured policy engine (hf, vllm or openai), the one
-    the rollouts use, so Best-of-N sees the policy the PRM was trained for.
+    the rollouts use, with the policy's prompt (``prompt``: the world prompt, in
+    the embedded policy's chat template), so Best-of-N sees the policy the PRM
+    was trained for.
     """
     from prmforge.answers import grade
     from prmforge.engines.base import SamplingParams
     from prmforge.engines.factory import make_engine
     from prmforge.steps import split_steps
-    from prmforge.world import STEP_SEPARATOR, prompt_for
+    from prmforge.world import STEP_SEPARATOR
 
     engine = make_engine(policy_engine.model_copy(update={"batch_size": s.engine_batch_size}))
     try:
-        outs = engine.generate([prompt_for(p["problem"]) for p in problems],
+        outs = engine.generate([prompt(p["problem"]) for p in problems],
                                SamplingParams(n=s.bon_n, temperature=s.bon_temperature, max_tokens=s.bon_max_tokens,
                                               seed=s.seed))
     finally:
@@ -327,10 +329,12 @@ def evaluate(
     world_table: pa.Table | None = None,
     policy_engine: EngineConfig | None = None,
     prm_folder: str | Path | None = None,
+    policy_prompt: Callable[[str], str] | None = None,
 ) -> EvalReport:
     """ProcessBench-format figures per subset, Best-of-N and diagnostics; PNGs into ``out_dir``.
 
-    Best-of-N needs ``policy_engine`` (the policy model on its configured backend) and ``world_table``.
+    Best-of-N needs ``policy_engine`` (the policy model on its configured backend), ``policy_prompt``
+    (its prompt builder, ``prmforge.prompts.policy_prompt``) and ``world_table``.
     ``prm_folder`` is the PRM's local folder, needed by ``backend: vllm`` (its ``qwen2_prm/``).
     Best-of-N candidates are sampled before any step is scored, so a vLLM policy engine and
     a vLLM PRM scorer never hold memory at the same time.
@@ -353,9 +357,10 @@ def evaluate(
     max_length = s.max_length or model_context(model)
     problems: list[dict] = []
     sampled: list[list[tuple[list[str], str | None, bool]]] = []
-    if policy_engine is not None and world_table is not None and s.bon_problems > 0 and s.bon_n > 0:
+    if (policy_engine is not None and policy_prompt is not None and world_table is not None
+            and s.bon_problems > 0 and s.bon_n > 0):
         problems = bon_problems(world_table, s)
-        sampled = sample_bon(policy_engine, problems, s)
+        sampled = sample_bon(policy_engine, problems, s, policy_prompt)
     scorer = StepScorer(model, tokenizer, s, prm_folder, max_length)
     try:
         items = [(x.problem, x.steps) for x in samples]

@@ -81,7 +81,7 @@ def encode_items(tokenizer, items: Sequence[tuple[str, Sequence[str]]], step_tok
     """``(token ids, dropped steps)`` per item, encoded as :func:`prmforge.prm.model.score_steps` does."""
     out = []
     for problem, steps in items:
-        ex = encode_example(tokenizer, format_prompt(problem, prompt_format), list(steps), step_token_id, max_length)
+        ex = encode_example(tokenizer, format_prompt(problem, prompt_format, tokenizer), list(steps), step_token_id, max_length)
         out.append((ex.input_ids, ex.n_dropped_steps))
     return out
 

@@ -22,6 +22,7 @@ from rel_helpers import REPO, child_env, count_files, kill_at_random_points, rng
 from rollout_helpers import tiny_policy, world_seed_table
 from stage_runner import run_mc, run_train
 
+from prmforge.prompts import PolicyPrompt
 from prmforge.storage import Storage
 
 torch.set_num_threads(1)
@@ -99,7 +100,7 @@ def test_kill9_mc_labelling_resume_identical(tmp_path: Path, policy_dir: Path, f
     store.write_dataset("seed_problems", seed, PART)
     cfg = EngineConfig(model=str(policy_dir), device="cpu", batch_size=16)
     run = generate_rollouts(store, PART, seed, RolloutSettings(**{**ROLLOUT_SETTINGS, "shard_size": 24}),
-                            cfg.identity(), lambda: make_engine(cfg), True)
+                            cfg.identity(), lambda: make_engine(cfg), True, prompt=PolicyPrompt("world"))
     for root in roots.values():
         Storage(root).write_dataset(DATASET, run.table, PART)
     settings = {"mode": "per_step", "k": 2, "max_tokens": 12, "shard_size": 3, "batch_prefixes": 16, "seed": 3}

@@ -318,9 +318,9 @@ class _Evil:
 
 
 def _pickle_only_model(folder: Path, marker: Path) -> Path:
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    build_tiny_llama(folder)
+    build_tiny_qwen2(folder)
     for f in folder.glob("*.safetensors"):
         f.unlink()
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil(str(marker))))
@@ -352,9 +352,9 @@ def test_pickle_checkpoints_refused(tmp_path: Path, fault) -> None:
     assert all("pickle" in m.lower() or "safetensors" in m.lower() for m in errors), errors
     assert not marker.exists()  # never unpickled
     # A folder with both: the safetensors weights load, the pickle is never read.
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    both = build_tiny_llama(tmp_path / "both")
+    both = build_tiny_qwen2(tmp_path / "both")
     (Path(both) / "pytorch_model.bin").write_bytes(pickle.dumps(_Evil(str(marker))))
     HFEngine(str(both), device="cpu").close()
     assert not marker.exists()
@@ -372,10 +372,10 @@ def test_pickle_checkpoints_refused(tmp_path: Path, fault) -> None:
 
 def test_remote_code_not_run_unless_configured(tmp_path: Path, fault) -> None:
     from prmforge.engines.hf import HFEngine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
     marker = tmp_path / "REMOTE_CODE_RAN"
-    folder = Path(build_tiny_llama(tmp_path / "remote"))
+    folder = Path(build_tiny_qwen2(tmp_path / "remote"))
     cfg = json.loads((folder / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil_config.EvilConfig", "AutoModelForCausalLM": "evil_model.EvilModel"}
     cfg["model_type"] = "evil-llama"

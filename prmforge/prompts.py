@@ -1,0 +1,96 @@
+"""The one place a policy prompt is built: the prompt text, then the model's chat template.
+
+Every caller that prompts the policy (policy training, calibration, the world
+benchmark, rollouts on any engine, Monte-Carlo completions through the
+rollouts' stored prompt, Best-of-N) goes through :class:`PolicyPrompt`, so the
+text a model is trained on is the text it is sampled with. The embedded policy
+is trained in its tokenizer's chat template when it has one (the ``qwen2``
+policy's ChatML, Qwen's), so for it the template is applied exactly then;
+another model gets it only when asked (``chat_template: true``), because a
+served model's tokenizer may not be loadable here and a base model may have no
+template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INSTRUCT_TEMPLATE = (
+    "{problem}\n\nSolve the problem step by step. Separate the steps with a blank line and end with "
+    '"The answer is X."'
+)
+
+
+def render_prompt(problem: str, template: str, bootstrap_policy: bool) -> str:
+    """The prompt text for one problem before any chat template.
+
+    ``template``: ``world`` (the embedded policy's ``Problem: ...\\nSolution:\\n``),
+    ``auto`` (``world`` for the embedded policy, :data:`INSTRUCT_TEMPLATE` otherwise)
+    or a format string with ``{problem}``.
+    """
+    if template == "world" or (template == "auto" and bootstrap_policy):
+        from prmforge.world import prompt_for
+
+        return prompt_for(problem)
+    if template == "auto":
+        template = INSTRUCT_TEMPLATE
+    if "{problem}" not in template:
+        raise ValueError("prompt_template must contain {problem} (or be 'auto' / 'world')")
+    return template.replace("{problem}", problem)
+
+
+def apply_chat(tokenizer: Any, text: str) -> str:
+    """``text`` as the user turn of the tokenizer's chat template, the assistant turn opened."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+class PolicyPrompt:
+    """``problem -> prompt text``: :func:`render_prompt`, then the chat template if a tokenizer is given.
+
+    Picklable (a Ray executor ships it to every actor with the shard function).
+    """
+
+    def __init__(self, template: str = "world", bootstrap_policy: bool = True, chat_tokenizer: Any = None) -> None:
+        if chat_tokenizer is not None and not getattr(chat_tokenizer, "chat_template", None):
+            raise ValueError("chat template requested but the tokenizer has none")
+        self.template = template
+        self.bootstrap_policy = bootstrap_policy
+        self.chat_tokenizer = chat_tokenizer
+
+    @property
+    def chat(self) -> bool:
+        """Whether the chat template is applied."""
+        return self.chat_tokenizer is not None
+
+    def __call__(self, problem: str) -> str:
+        text = render_prompt(problem, self.template, self.bootstrap_policy)
+        return apply_chat(self.chat_tokenizer, text) if self.chat_tokenizer is not None else text
+
+
+def load_tokenizer(model_ref: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model folder, storage URI or hub id (no download)."""
+    from transformers import AutoTokenizer
+
+    from prmforge.model_files import local_model
+
+    path, local_only = local_model(model_ref)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **local_only)
+
+
+def policy_prompt(model_ref: str, template: str = "auto", bootstrap_policy: bool = True,
+                  chat: bool | None = None, trust_remote_code: bool = False) -> PolicyPrompt:
+    """The prompt builder for the policy at ``model_ref``.
+
+    ``chat`` None means: for the embedded (bootstrap) policy, its tokenizer's
+    chat template if it has one (it was trained in it), none for any other
+    model; True/False force it (True needs a loadable tokenizer with a template).
+    """
+    use_chat = bootstrap_policy if chat is None else chat
+    tok = load_tokenizer(model_ref, trust_remote_code) if use_chat else None
+    if tok is not None and not getattr(tok, "chat_template", None):
+        if chat is None:
+            tok = None  # an embedded policy trained on the plain prompt (the llama one)
+        else:
+            raise ValueError(f"chat template requested but the tokenizer of {model_ref} has none")
+    return PolicyPrompt(template, bootstrap_policy, tok)
