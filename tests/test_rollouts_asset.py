@@ -103,8 +103,10 @@ def test_bootstrap_policy_resolved_from_policy_model(s3_root: str, model_dir: Pa
     assert table.num_rows == 15
     assert set(table.column("sample_index").to_pylist()) == {0, 1, 2}
     assert max(table.column("completion_tokens").to_pylist()) <= 12
-    # the bootstrap policy gets the world's prompt
-    assert all(p.startswith("Problem: ") for p in table.column("prompt").to_pylist())
+    # the bootstrap policy gets the world's prompt, in its tokenizer's chat template (the tiny stand-in has ChatML)
+    assert all(p.startswith("<|im_start|>system\n") and "<|im_start|>user\nProblem: " in p
+               and p.endswith("Solution:\n<|im_end|>\n<|im_start|>assistant\n")
+               for p in table.column("prompt").to_pylist())
     meta = res.asset_materializations_for_node("policy_rollouts")[0].metadata
     assert meta["model"].value == uri
 
