@@ -28,7 +28,7 @@ Usage, as measured in README.md and docs/labeling.md (``P`` is the demo
 policy ``make demo`` trains; a ``--policy`` folder without a model gets the
 demo-default policy trained into it, on ``--policy-difficulty``)::
 
-    P=$PRMFORGE_HOME/storage/models/policy/e8f94a920c34a09b
+    P=$PRMFORGE_HOME/storage/models/policy/851e010a6bf82fc8
     .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --problems 100 --n 2 --k 8
     .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --difficulty standard --problems 50 --n 4 --k 8
 
