@@ -267,9 +267,9 @@ def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) ->
     is labelled without sampling, the others are sampled in waves up to k, and the rows say the strategy."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
 
-    model = str(build_tiny_llama(tmp_path / "tiny"))
+    model = str(build_tiny_qwen2(tmp_path / "tiny"))
     storage = Storage(local_root)
     _write_inputs(storage)
     instance = DagsterInstance.ephemeral()

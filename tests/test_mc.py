@@ -513,10 +513,10 @@ def test_reuse_and_adaptive_on_a_real_tiny_model_are_deterministic(tmp_path) -> 
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from prmforge.engines.hf import HFEngine
-    from prmforge.engines.tiny import build_tiny_llama
+    from prmforge.engines.tiny import build_tiny_qwen2
     from prmforge.labeling.mc import AdaptiveValue
 
-    engine = HFEngine(str(build_tiny_llama(tmp_path / "tiny")), device="cpu", batch_size=64)
+    engine = HFEngine(str(build_tiny_qwen2(tmp_path / "tiny")), device="cpu", batch_size=64)
 
     def grade(text: str, gold: str) -> bool:
         return any(c.isdigit() for c in text)
