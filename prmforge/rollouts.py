@@ -71,8 +71,8 @@ class RolloutSettings(StageSettings):
         "auto", description="'auto' (world prompt for the bootstrap policy, else an instruct prompt), 'world', "
         "or a format string with {problem}")
     chat_template: bool | None = Field(
-        None, description="wrap the prompt with the tokenizer's chat template; unset: yes for the embedded policy "
-        "(trained on its ChatML template), no for other models")
+        None, description="wrap the prompt with the tokenizer's chat template; unset: for the embedded policy when "
+        "its tokenizer has one (the qwen2 policy, trained in its ChatML template), never for other models")
     step_separator: str = Field("auto", description="'auto', 'world', 'paragraph' or a literal separator")
     shard_size: int = Field(64, gt=0, description="problems per shard")
     max_problems: int | None = Field(None, description="only the first N problems (by problem_id)")
