@@ -31,6 +31,9 @@ demo-default policy trained into it, on ``--policy-difficulty``)::
     P=$PRMFORGE_HOME/storage/models/policy/851e010a6bf82fc8
     .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --problems 100 --n 2 --k 8
     .venv/bin/python benchmarks/bench_labeling_cost.py --policy $P --difficulty standard --problems 50 --n 4 --k 8
+    # issue 18's setting: a policy trained on standard (1,000 steps), trained into the folder when empty
+    .venv/bin/python benchmarks/bench_labeling_cost.py --policy .prmforge/bench/policy-std-1000 \\
+        --policy-difficulty standard --train-steps 1000 --difficulty standard --problems 50 --n 4 --k 8
 
 Targets (issue 18, on the standard world with a policy trained there):
 tokens per labelled rollout <= 1/4 of per_step at >= 95% first-error
