@@ -5,13 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 from dagster import AssetSpec, DagsterInstance, materialize
+from rollout_helpers import world_solution
 
 from assets.labels import consensus_labels, judge_step_labels, mc_step_labels
 from assets.partitions import dataset_partitions
 from prmforge.schemas import SEED_PROBLEMS
 from prmforge.storage import Storage
 from prmforge.world import generate_problems, meta_json, oracle_first_error, prompt_for
-from prmforge.world.generator import apply_op
 from resources import build_resources
 from resources.engine import EngineResource
 from resources.storage import StorageResource
@@ -24,33 +24,18 @@ ROLLOUTS_SCHEMA = pa.schema([
 ])
 
 
-def _solution(meta: dict, slip_at: int | None = None, drop_last: bool = False) -> list[str] | None:
-    cur, steps = int(meta["start"]), []
-    for i, (op, n) in enumerate(meta["ops"]):
-        new = apply_op(cur, op, int(n))
-        if new is None:
-            return None
-        shown = new + 1 if i == slip_at else new
-        steps.append(f"{cur} {op} {n} = {shown}.")
-        cur = shown
-    if drop_last:
-        return steps[:-1] or None
-    steps[-1] += f" The answer is {cur}."
-    return steps
-
-
 def _write_inputs(storage: Storage) -> dict[str, int]:
     """Seed problems and three rollouts per problem: correct, slip at step 0, stopped early."""
     problems = [p for p in generate_problems(40, seed=3) if len(p.meta["ops"]) >= 2
-                and _solution(p.meta, slip_at=0) is not None][:4]
+                and world_solution(p.meta, slip_at=0) is not None][:4]
     assert len(problems) == 4
     seed_rows, rollout_rows = [], []
     truth: dict[str, int] = {}
     for i, p in enumerate(problems):
         seed_rows.append({"problem_id": p.problem_id, "dataset": PARTITION, "problem": p.problem, "answer": p.answer,
                           "split": "train", "source_row": i, "meta": meta_json(p)})
-        for j, (kind, steps) in enumerate([("gold", _solution(p.meta)), ("slip", _solution(p.meta, slip_at=0)),
-                                           ("early", _solution(p.meta, drop_last=True))]):
+        for j, (kind, steps) in enumerate([("gold", world_solution(p.meta)), ("slip", world_solution(p.meta, slip_at=0)),
+                                           ("early", world_solution(p.meta, drop_last=True))]):
             assert steps is not None
             rid = f"{p.problem_id}-{j}"
             truth[rid] = oracle_first_error(p.meta, steps).first_error

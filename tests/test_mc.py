@@ -448,25 +448,14 @@ def test_adaptive_makes_the_fixed_k_decision_and_stops_at_the_first_success() ->
 def test_all_strategies_find_the_oracle_first_error_on_world_rollouts() -> None:
     """World problems, the oracle's values (a prefix reaches the answer iff it has no error yet): every
     strategy finds the oracle's first error; reuse and adaptive do it with fewer completions."""
+    from rollout_helpers import world_solution
+
     from prmforge.labeling.mc import AdaptiveValue
     from prmforge.world import generate_problems, oracle_first_error, prompt_for
-    from prmforge.world.generator import apply_op
-
-    def solution(meta, slip_at=None):
-        cur, steps = int(meta["start"]), []
-        for i, (op, n) in enumerate(meta["ops"]):
-            new = apply_op(cur, op, int(n))
-            if new is None:
-                return None
-            shown = new + 1 if i == slip_at else new
-            steps.append(f"{cur} {op} {n} = {shown}.")
-            cur = shown
-        steps[-1] += f" The answer is {cur}."
-        return steps
 
     items, truth, gold_steps = [], {}, {}
     for p in generate_problems(40, seed=11, difficulty="standard"):
-        sols = [solution(p.meta)] + [solution(p.meta, slip_at=s) for s in range(len(p.meta["ops"]))]
+        sols = [world_solution(p.meta)] + [world_solution(p.meta, slip_at=s) for s in range(len(p.meta["ops"]))]
         if any(s is None for s in sols) or len(sols[0]) < 3:
             continue
         prompt = prompt_for(p.problem)

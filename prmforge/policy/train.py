@@ -73,22 +73,7 @@ def encode_examples(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> l
 
 def build_model(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> LlamaForCausalLM | Qwen2ForCausalLM:
     """A randomly initialised Llama or Qwen2 shaped by ``settings`` (head size must suit vLLM's CPU attention)."""
-    if settings.architecture == "llama":
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=settings.hidden_size,
-            intermediate_size=settings.intermediate_size,
-            num_hidden_layers=settings.num_layers,
-            num_attention_heads=settings.num_heads,
-            num_key_value_heads=settings.num_heads,
-            max_position_embeddings=settings.max_seq_len,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            rms_norm_eps=1e-5,
-        ))
-    config = Qwen2Config(
+    shape = dict(
         vocab_size=len(tok),
         hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size,
@@ -96,15 +81,15 @@ def build_model(tok: PreTrainedTokenizerFast, settings: PolicySettings) -> Llama
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_heads,
         max_position_embeddings=settings.max_seq_len,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        use_sliding_window=False,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        rms_norm_eps=1e-6,
     )
-    return Qwen2ForCausalLM(config)
+    if settings.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(**shape, rms_norm_eps=1e-5))
+    return Qwen2ForCausalLM(Qwen2Config(**shape, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                        use_sliding_window=False, rms_norm_eps=1e-6))
 
 
 def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
