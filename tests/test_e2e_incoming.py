@@ -93,7 +93,8 @@ def _materialisations(instance: dg.DagsterInstance, asset: str) -> list:
     return list(instance.fetch_materializations(dg.AssetKey(asset), limit=100).records)
 
 
-def test_dropped_jsonl_flows_to_a_new_gated_prm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def empty_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dg.Definitions, Storage]:
+    """The code location with an empty registry: a file dropped in incoming/ is ingested at once, never retried."""
     registry = tmp_path / "datasets.yaml"
     registry.write_text("datasets: {}\n")
     monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
@@ -101,8 +102,11 @@ def test_dropped_jsonl_flows_to_a_new_gated_prm(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")
     from pipelines.definitions import build_defs
 
-    defs = build_defs()
-    storage = Storage()
+    return build_defs(), Storage()
+
+
+def test_dropped_jsonl_flows_to_a_new_gated_prm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    defs, storage = empty_location(tmp_path, monkeypatch)
     lines = [json.dumps({"problem": p.problem, "answer": p.answer, "meta": p.meta})
              for p in generate_problems(20, seed=11, difficulty="easy")]
 

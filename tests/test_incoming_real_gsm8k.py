@@ -15,10 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_e2e_incoming import DaemonPlayer
+from test_e2e_incoming import DaemonPlayer, empty_location
 
 from pipelines.summary import summarize_runs
-from prmforge.storage import Storage
 
 pytestmark = pytest.mark.slow
 PART = "gsm8k-real-20"
@@ -29,15 +28,7 @@ RUN_CONFIG = {"ops": {"policy_rollouts": {"config": {"max_problems": 100, "max_t
 
 def test_real_gsm8k_rows_dropped_in_incoming_are_accounted_for(shared_data: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = tmp_path / "datasets.yaml"
-    registry.write_text("datasets: {}\n")
-    monkeypatch.setenv("PRMFORGE_REGISTRY", str(registry))
-    monkeypatch.setenv("PRMFORGE_INCOMING_SETTLE_S", "0")
-    monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")
-    from pipelines.definitions import build_defs
-
-    defs = build_defs()
-    storage = Storage()
+    defs, storage = empty_location(tmp_path, monkeypatch)
     real = (shared_data / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:20]
     no_answer = json.dumps({"question": "Ann has 3 pens and buys 2 more. How many pens?", "answer": "She has 5."})
     lines = [*real, real[0], no_answer]  # 22 rows in: 20 real, a duplicate, one without a final answer
