@@ -177,7 +177,7 @@ def test_blocking_checks_fail_on_untraceable_rows(root_fixture: str, request: py
                         "final_correct": r["correct"], "mc_mode": "per_step", "k": 4, "status": "ok",
                         "first_error": fe, "labels": [True] * len(r["steps"]) if fe < 0 else [True] * fe + [False],
                         "probe_steps": [], "probe_soft": [], "probe_hard": [], "probe_k": [], "completions": 0,
-                        "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "detail": None,
+                        "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "free_positive": 0, "shared_probes": 0, "detail": None,
                         "labeler": "mc_per_step", "seed": 0, "engine": "hf", "model": "m", "model_hash": None,
                         "step_values": [None] * len(r["steps"]), "step_k": [0] * len(r["steps"]),
                         "prefix_value": None, "prefix_n": 0, "step_advantages": [None] * len(r["steps"])})
@@ -275,7 +275,16 @@ def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) ->
         else:  # stopped early: every step is a prefix of the correct gold rollout, so all but the known-wrong
             # last one are proven positive without a single sample
             assert r["first_error"] == len(r["steps"]) - 1 and r["completions"] == 0 and r["probe_steps"] == []
+            assert r["free_positive"] == len(r["steps"]) - 1  # the counter says what reuse saved
+        if kind == 1:
+            assert r["free_positive"] == 0
     md = {k: v.value for k, v in result.asset_materializations_for_node("mc_step_labels")[0].metadata.items()}
     assert md["mode"] == "binary_search+reuse+adaptive"
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert md["free_positive_per_labelled_rollout"] > 0
+    assert md["free_positive_per_labelled_rollout"] == pytest.approx(
+        sum(r["free_positive"] for r in ok) / len(ok), abs=1e-4)
+    assert md["shared_probes_per_labelled_rollout"] == pytest.approx(
+        sum(r["shared_probes"] for r in ok) / len(ok), abs=1e-4)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["mc_contract"].passed

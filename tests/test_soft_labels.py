@@ -72,7 +72,7 @@ def test_model_content_hash_follows_the_weights(tmp_path: Path) -> None:
 
 def _mc_shard_rows() -> list[dict]:
     base = {"dataset": "d", "prompt": "Problem\n", "gold_answer": "7", "mc_mode": "binary_search", "k": 4,
-            "status": "ok", "completions": 0, "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0,
+            "status": "ok", "completions": 0, "generated_tokens": 0, "prompt_tokens": 0, "rounds": 0, "free_positive": 0, "shared_probes": 0,
             "detail": None}
     return [
         {**base, "rollout_id": "a", "problem_id": "p", "steps": ["s0", "s1", "s2"], "final_correct": False,

@@ -69,11 +69,13 @@ MC_SHARD_SCHEMA = pa.schema([
     pa.field("generated_tokens", pa.int64(), nullable=False),
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("rounds", pa.int64(), nullable=False),
+    pa.field("free_positive", pa.int64(), nullable=False),  # reuse: prefixes proven positive, never sampled
+    pa.field("shared_probes", pa.int64(), nullable=False),  # reuse: probes answered by a sibling's estimate
     pa.field("detail", pa.string()),
 ])
 MC_SCHEMA = register_schema(MC, pa.schema([*MC_SHARD_SCHEMA, *MC_DERIVED_FIELDS]))
 # bumped when the shard schema changes, so shards written by an older version are never read back
-MC_SHARD_VERSION = 2
+MC_SHARD_VERSION = 3  # 3: free_positive, shared_probes
 
 # what each resumable judge shard holds; the finished table adds judge_identity
 JUDGE_SHARD_SCHEMA = pa.schema([
@@ -158,14 +160,15 @@ def mc_rows(rows: list[dict[str, Any]], results: list[MCResult], s: MCSettings) 
             "probe_soft": r.probe_soft, "probe_hard": r.probe_hard, "probe_k": r.probe_k,
             "completions": r.completions,
             "generated_tokens": r.generated_tokens, "prompt_tokens": r.prompt_tokens, "rounds": r.rounds,
-            "detail": r.detail or None,
+            "free_positive": r.free_positive, "shared_probes": r.shared_probes, "detail": r.detail or None,
         })
     return pa.Table.from_pylist(out, schema=MC_SHARD_SCHEMA)
 
 
 def mc_summary(table: pa.Table) -> dict[str, float]:
     """Cost and outcome figures of an MC table (also used by the benchmark)."""
-    rows = table.select(["status", "first_error", "completions", "generated_tokens", "probe_steps"]).to_pylist()
+    rows = table.select(["status", "first_error", "completions", "generated_tokens", "probe_steps",
+                         "free_positive", "shared_probes"]).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     n = max(len(ok), 1)
     return {
@@ -176,6 +179,9 @@ def mc_summary(table: pa.Table) -> dict[str, float]:
         "completions_per_labelled_rollout": sum(r["completions"] for r in rows) / n,
         "tokens_per_labelled_rollout": sum(r["generated_tokens"] for r in rows) / n,
         "probes_per_labelled_rollout": sum(len(r["probe_steps"]) for r in ok) / n,
+        # what reuse saved: prefixes proven without sampling, probes answered by a sibling rollout
+        "free_positive_per_labelled_rollout": sum(r["free_positive"] for r in ok) / n,
+        "shared_probes_per_labelled_rollout": sum(r["shared_probes"] for r in ok) / n,
         "error_share": sum(r["first_error"] >= 0 for r in ok) / n,
         "skipped": float(sum(r["status"] == "skipped" for r in rows)),
         "failed": float(sum(r["status"] not in ("ok", "skipped") for r in rows)),
