@@ -72,6 +72,22 @@ def render_chat(text: str) -> str:
                                                  add_generation_prompt=True)
 
 
+def use_qwen2_split(tok: Tokenizer) -> None:
+    """Give ``tok`` Qwen2's normaliser (NFC) and pre-tokeniser, before its BPE is fitted.
+
+    Why exactly these: transformers (5.x) loads any ``qwen2`` model's tokenizer as
+    ``Qwen2Tokenizer``, which rebuilds them from scratch whatever ``tokenizer.json`` says
+    (vLLM loads it the same way), so a BPE fitted with another split would be run with this
+    one and encode differently from the tokenizer it was built as. Every tokenizer saved
+    next to a ``qwen2`` model goes through here (the policy's, the tiny test model's).
+    """
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def world_corpus(n_per_difficulty: int = 3000, seed: int = 0, qwen2: bool = False) -> list[str]:
     """Prompted gold solutions of every difficulty (chat-templated for ``qwen2``): the tokenizer's corpus."""
     from prmforge.world import DIFFICULTIES, generate_problems, prompt_for
@@ -91,14 +107,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE,
     """Fit a byte-level BPE on ``texts`` (deterministic for the same texts and size); see the module doc."""
     tok = Tokenizer(models.BPE())
     if qwen2:
-        # Qwen2's normaliser and pre-tokeniser exactly: transformers (5.x) loads any ``qwen2`` model's
-        # tokenizer as ``Qwen2Tokenizer``, which rebuilds them from scratch whatever tokenizer.json says,
-        # so a BPE fitted with another split would be run with this one (a test checks they agree).
-        tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        use_qwen2_split(tok)
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

@@ -81,3 +81,24 @@ def test_save_and_reload(tok, tmp_path):
 def test_training_is_deterministic():
     texts = world_corpus(n_per_difficulty=100)
     assert train_tokenizer(texts, 350).get_vocab() == train_tokenizer(texts, 350).get_vocab()
+
+
+def test_the_tiny_test_model_reloads_the_tokenizer_it_was_built_with(tmp_path):
+    """The engine tests' tiny Qwen2 (``build_tiny_qwen2``): what a test holds in memory
+    (``train_tiny_tokenizer``) encodes exactly as what transformers and vLLM reload from its folder
+    (``Qwen2Tokenizer``, which rebuilds Qwen's digit-splitting pre-tokeniser)."""
+    from prmforge.engines.tiny import build_tiny_qwen2, train_tiny_tokenizer
+    from prmforge.labeling.llm_judge import critique_prompt
+    from prmforge.prompts import apply_chat
+
+    tok = train_tiny_tokenizer()
+    folder = build_tiny_qwen2(tmp_path / "tiny", layers=1)
+    again = AutoTokenizer.from_pretrained(str(folder))
+    assert type(again).__name__ == "Qwen2Tokenizer" and len(again) == len(tok)
+    assert tok.convert_ids_to_tokens(tok(" 123", add_special_tokens=False)["input_ids"]) == ["Ġ", "1", "2", "3"]
+    judge = apply_chat(tok, critique_prompt("Tom has 3 apples and buys 15 more.", ["3 + 15 = 18", "18 x 2 = 37"]))
+    texts = [*UNICODE, "Tom has 1234 apples; 60 * 3 = 180.\n\nThe answer is 180.", judge]
+    for special in (False, True):
+        assert again(texts, add_special_tokens=special)["input_ids"] == tok(texts, add_special_tokens=special)["input_ids"]
+    assert apply_chat(again, "x") == apply_chat(tok, "x")
+    assert (again.bos_token, again.eos_token, again.pad_token) == (tok.bos_token, tok.eos_token, tok.pad_token)

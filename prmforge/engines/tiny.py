@@ -3,8 +3,9 @@
 Nothing may be downloaded at run time, so the engine tests and the sampling
 benchmark build their own model: a randomly initialised ``Qwen2ForCausalLM``
 (the architecture of Qwen2.5-Math: q/k/v biases, grouped-query attention) and a
-byte-level BPE tokenizer trained on a few lines of arithmetic text, with Qwen's
-ChatML chat template. It is saved as an ordinary Hugging Face folder
+byte-level BPE tokenizer trained on a few lines of arithmetic text, in Qwen2's
+flavour (its pre-tokeniser and ChatML chat template), so it reloads as the very
+tokenizer it was built as. It is saved as an ordinary Hugging Face folder
 (safetensors), i.e. exactly what the engines load in production.
 """
 
@@ -23,18 +24,26 @@ _CORPUS = [
 
 
 def train_tiny_tokenizer(vocab_size: int = 300):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>``, ``<pad>`` and the ChatML tokens."""
+    """A byte-level BPE ``PreTrainedTokenizerFast`` in Qwen2's flavour, with ``<s>``, ``</s>``, ``<pad>``,
+    ``<|endoftext|>`` and the ChatML tokens.
+
+    Qwen2's normaliser and pre-tokeniser (:func:`prmforge.tokenizer.use_qwen2_split`: every
+    digit a token), because transformers and vLLM reload the tokenizer of any ``qwen2`` folder
+    as ``Qwen2Tokenizer``, which rebuilds them: with any other split the tokenizer a test holds
+    in memory would encode differently from the one the engines load. ``<|endoftext|>`` is in
+    the vocabulary because ``Qwen2Tokenizer`` makes it the unknown token and would append it.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from prmforge.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
+    from prmforge.tokenizer import CHAT_TEMPLATE, ENDOFTEXT_TOKEN, IM_END, IM_START, use_qwen2_split
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    use_qwen2_split(tok)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", IM_START, IM_END],
+        special_tokens=["<pad>", "<s>", "</s>", IM_START, IM_END, ENDOFTEXT_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -42,7 +51,7 @@ def train_tiny_tokenizer(vocab_size: int = 300):
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token=ENDOFTEXT_TOKEN
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
