@@ -3,7 +3,9 @@
 Every caller that prompts the policy (policy training, calibration, the world
 benchmark, rollouts on any engine, Monte-Carlo completions through the
 rollouts' stored prompt, Best-of-N) goes through :class:`PolicyPrompt`, so the
-text a model is trained on is the text it is sampled with. The embedded policy
+text a model is trained on is the text it is sampled with. The LLM judge wraps
+its critique prompt with the same :func:`apply_chat`, its tokenizer chosen by
+the same :func:`chat_tokenizer`. The embedded policy
 is trained in its tokenizer's chat template when it has one (the ``qwen2``
 policy's ChatML, Qwen's), so for it the template is applied exactly then;
 another model gets it only when asked (``chat_template: true``), because a
@@ -78,19 +80,32 @@ def load_tokenizer(model_ref: str, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **local_only)
 
 
+def chat_tokenizer(model_ref: str, chat: bool | None = None, trust_remote_code: bool = False) -> Any:
+    """The tokenizer whose chat template wraps prompts for ``model_ref``, or None for the plain prompt.
+
+    ``chat`` None: the template when the model's tokenizer has one; True: required (an
+    error when the tokenizer has none); False: never, and nothing is loaded. Shared by the
+    policy's prompt (:func:`policy_prompt`) and the LLM judge's, so both decide alike.
+    """
+    if chat is False:
+        return None
+    tok = load_tokenizer(model_ref, trust_remote_code)
+    if getattr(tok, "chat_template", None):
+        return tok
+    if chat:
+        raise ValueError(f"chat template requested but the tokenizer of {model_ref} has none")
+    return None
+
+
 def policy_prompt(model_ref: str, template: str = "auto", bootstrap_policy: bool = True,
                   chat: bool | None = None, trust_remote_code: bool = False) -> PolicyPrompt:
     """The prompt builder for the policy at ``model_ref``.
 
     ``chat`` None means: for the embedded (bootstrap) policy, its tokenizer's
-    chat template if it has one (it was trained in it), none for any other
-    model; True/False force it (True needs a loadable tokenizer with a template).
+    chat template if it has one (it was trained in it; the llama policy has none and was
+    trained on the plain prompt), none for any other model; True/False force it (True
+    needs a loadable tokenizer with a template).
     """
-    use_chat = bootstrap_policy if chat is None else chat
-    tok = load_tokenizer(model_ref, trust_remote_code) if use_chat else None
-    if tok is not None and not getattr(tok, "chat_template", None):
-        if chat is None:
-            tok = None  # an embedded policy trained on the plain prompt (the llama one)
-        else:
-            raise ValueError(f"chat template requested but the tokenizer of {model_ref} has none")
-    return PolicyPrompt(template, bootstrap_policy, tok)
+    if chat is None and not bootstrap_policy:
+        chat = False
+    return PolicyPrompt(template, bootstrap_policy, chat_tokenizer(model_ref, chat, trust_remote_code))

@@ -34,9 +34,14 @@ class JudgeResource(_JudgeEngineFields):
     kind: Literal["calculator", "llm"] = Field("calculator", description="calculator: recompute <<a=b>> "
                                                 "annotations; llm: ask a judge model for the first wrong step")
 
+    chat_template: bool | None = Field(None, description="llm: put the critique prompt in the judge model's chat "
+                                       "template; unset: when its tokenizer has one (openai without a local "
+                                       "tokenizer: the server applies it, via /v1/chat/completions); false: the "
+                                       "bare prompt (a base model)")
+
     def config(self) -> JudgeConfig:
         engine = EngineConfig(**{k: getattr(self, k) for k in EngineConfig.model_fields})
-        return JudgeConfig(kind=self.kind, engine=engine)
+        return JudgeConfig(kind=self.kind, engine=engine, chat_template=self.chat_template)
 
     def make(self) -> Judge:
         """The configured judge; use it as a context manager so an LLM judge's engine is closed."""

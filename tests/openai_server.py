@@ -1,5 +1,7 @@
 """A real OpenAI-compatible ``/v1/completions`` server on 127.0.0.1 for tests.
 
+It answers ``/v1/chat/completions`` too, reading the last message as the prompt.
+
 It serves deterministic text (a function of prompt, seed and choice index),
 applies stop strings and max_tokens like a real server, and can be told to
 misbehave for a given prompt: a script of responses (``"429"``, ``"500"``,
@@ -65,7 +67,7 @@ class CompletionServer:
         self.httpd.server_close()
 
     def attempts(self, prompt: str) -> int:
-        return sum(1 for r in self.requests if r.get("prompt") == prompt)
+        return sum(1 for r in self.requests if prompt in (r.get("prompt"), (r.get("messages") or [{}])[-1].get("content")))
 
     def _send(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
         try:
@@ -80,8 +82,9 @@ class CompletionServer:
             pass
 
     def _handle(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
-        if h.path != "/v1/completions":
+        if h.path not in ("/v1/completions", "/v1/chat/completions"):
             return self._send(h, 404, b'{"error": "not found"}')
+        chat = h.path == "/v1/chat/completions"
         auth = h.headers.get("Authorization")
         try:
             req = json.loads(raw)
@@ -92,7 +95,7 @@ class CompletionServer:
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
             # echo the header back, like some proxies do: the client must scrub it
             return self._send(h, 401, json.dumps({"error": f"bad credentials {auth}"}).encode())
-        prompt = req["prompt"]
+        prompt = req["messages"][-1]["content"] if chat else req["prompt"]
         script = self.scripts.get(prompt)
         action = script.pop(0) if script else "ok"
         if self.delay_s:
@@ -124,7 +127,10 @@ class CompletionServer:
                     reason = "stop"
                     break
             total += len(out) + (1 if reason == "stop" else 0)
-            choices.append({"index": i, "text": " ".join(out), "finish_reason": reason})
-        body = {"object": "text_completion", "model": req["model"], "choices": choices[::-1],
+            text = " ".join(out)
+            choices.append({"index": i, **({"message": {"role": "assistant", "content": text}} if chat else
+                                            {"text": text}), "finish_reason": reason})
+        body = {"object": "chat.completion" if chat else "text_completion", "model": req["model"],
+                "choices": choices[::-1],
                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": total}}
         return self._send(h, 200, json.dumps(body).encode())

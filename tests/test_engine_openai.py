@@ -140,3 +140,32 @@ def test_too_long_prompt_is_skipped_with_the_reason_every_engine_gives(tmp_path)
         cfg = EngineConfig(backend="openai", model="tiny", base_url=srv.base_url, tokenizer=str(model),
                            max_model_len=context)
         assert make_engine(cfg).generate([long], params)[0][0].error == skip_reason(n_long, 8, context)
+
+
+def test_chat_endpoint_sends_each_prompt_as_one_user_message(tmp_path) -> None:
+    """``chat_endpoint``: /v1/chat/completions, the prompt as the user message (the server applies the template);
+    a local tokenizer counts the templated prompt, which is what the server runs."""
+    from transformers import AutoTokenizer
+
+    from prmforge.engines.base import skip_reason
+    from prmforge.engines.tiny import build_tiny_qwen2
+    from prmforge.prompts import apply_chat
+
+    params = SamplingParams(n=2, max_tokens=6, seed=4)
+    with CompletionServer() as srv:
+        out = engine(srv, chat_endpoint=True).generate(["one two"], params)
+        assert [c.text for c in out[0]] == [" ".join(fake_text("one two", 4, i, 6)[:6]) for i in range(2)]
+        assert srv.requests[0]["messages"] == [{"role": "user", "content": "one two"}]
+        assert "prompt" not in srv.requests[0] and srv.requests[0]["n"] == 2
+        model = build_tiny_qwen2(tmp_path / "m", layers=1)
+        tok = AutoTokenizer.from_pretrained(model)
+        n_raw, n_chat = len(tok("Tom has 3 apples.")["input_ids"]), len(tok(apply_chat(tok, "Tom has 3 apples."))["input_ids"])
+        context = n_raw + 6  # the bare prompt would fit; the templated one the server runs does not
+        assert n_chat + 6 > context
+        skipped = engine(srv, chat_endpoint=True, tokenizer=str(model), max_model_len=context).generate(
+            ["Tom has 3 apples."], params)
+        assert [(c.finish_reason, c.prompt_tokens) for c in skipped[0]] == [("skipped", n_chat)] * 2
+        assert skipped[0][0].error == skip_reason(n_chat, 6, context) and srv.attempts("Tom has 3 apples.") == 0
+    plain = EngineConfig(backend="openai", model="m")
+    assert "chat_endpoint" not in plain.identity()  # run keys of completion-endpoint engines are unchanged
+    assert EngineConfig(backend="openai", model="m", chat_endpoint=True).identity()["chat_endpoint"] is True

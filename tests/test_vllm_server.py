@@ -133,3 +133,29 @@ def test_server_killed_mid_run_and_restarted(server: VLLMServer, tmp_path: Path)
     assert killed.num_rows == 32 and "error" not in killed.column("finish_reason").to_pylist()
     reference = Storage(roots["steady"]).read_dataset("policy_rollouts", PART)
     assert killed.select(COLUMNS).to_pylist() == reference.select(COLUMNS).to_pylist()
+
+
+def test_llm_judge_without_a_local_tokenizer_gets_the_servers_chat_template(server: VLLMServer,
+                                                                             tmp_path: Path) -> None:
+    """The LLM judge on ``openai`` with no local tokenizer sends its critique prompt to /v1/chat/completions:
+    vLLM wraps it in the served model's ChatML template (it counts exactly the templated prompt's tokens,
+    which this process never built) and the verdicts are parsed or recorded, never guessed."""
+    from transformers import AutoTokenizer
+
+    from prmforge.labeling.judges import LLMJudge
+    from prmforge.labeling.llm_judge import OK, STATUSES, critique_prompt, judge_prompt
+    from prmforge.labeling.settings import JudgeSettings
+
+    tok = AutoTokenizer.from_pretrained(tiny_policy(tmp_path / "tiny"))  # the served model's tokenizer
+    problems = ["Tom has 3 apples and buys 5 more.", "Mia has 12 cards."]
+    steps = [["3 + 5 = 8", "8 x 2 = 17"], ["12 - 4 = 8", "The answer is 8."]]
+    judge = LLMJudge(EngineConfig(backend="openai", model=NAME, base_url=server.base_url,
+                                  api_key_env="PRMFORGE_TEST_NO_KEY", max_retries=0))
+    with judge:
+        rows = judge.judge(problems, steps, JudgeSettings(max_tokens=12, temperature=0.0))
+    assert judge.identity()["chat_template"] == "server" and judge.identity()["chat_endpoint"] is True
+    for r, p, st in zip(rows, problems, steps, strict=True):
+        templated = len(tok(judge_prompt(p, st, tok), add_special_tokens=False)["input_ids"])
+        assert r.prompt_tokens == templated > len(tok(critique_prompt(p, st), add_special_tokens=False)["input_ids"])
+        assert r.status in STATUSES and 0 < r.completion_tokens <= 12
+        assert (r.first_error is not None) == (r.status == OK)

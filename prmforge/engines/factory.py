@@ -49,11 +49,17 @@ class EngineConfig(BaseModel):
     max_retries: int = Field(4, ge=0, description="openai: retries of a failed request (backoff between)")
     tokenizer: str = Field("", description="openai: a local copy of the served model's tokenizer (folder, URI or "
                            "hub id); with max_model_len, prompts that do not fit are skipped before any request")
+    chat_endpoint: bool = Field(False, description="openai: send each prompt as the one user message of "
+                                "/v1/chat/completions, so the server applies the served model's chat template "
+                                "(the prompt must not be templated already); else /v1/completions, text as is")
 
     def identity(self) -> dict:
         """The fields that change sampled text (part of resumable run keys)."""
         keys = {"hf": ["device", "dtype"], "vllm": ["dtype", "tensor_parallel_size"], "openai": ["base_url"]}
-        return {"backend": self.backend, "model": self.model, **{k: getattr(self, k) for k in keys[self.backend]}}
+        identity = {"backend": self.backend, "model": self.model, **{k: getattr(self, k) for k in keys[self.backend]}}
+        if self.backend == "openai" and self.chat_endpoint:  # only when set: the completions endpoint's keys stay
+            identity["chat_endpoint"] = True
+        return identity
 
 
 def make_engine(cfg: EngineConfig) -> Engine:
@@ -71,7 +77,7 @@ def make_engine(cfg: EngineConfig) -> Engine:
         return OpenAIEngine(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                             max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s,
                             max_retries=cfg.max_retries, tokenizer=cfg.tokenizer or None,
-                            max_model_len=cfg.max_model_len)
+                            max_model_len=cfg.max_model_len, chat_endpoint=cfg.chat_endpoint)
     if cfg.backend == "vllm":
         from prmforge.engines.vllm import VLLMEngine
 

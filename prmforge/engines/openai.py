@@ -1,5 +1,10 @@
 """OpenAI-compatible ``/v1/completions`` backend (vLLM serve, SGLang, TGI, OpenAI).
 
+With ``chat_endpoint`` each prompt goes to ``/v1/chat/completions`` instead, as
+the one user message, so the server wraps it in the served model's chat
+template (how an LLM judge reaches an instruct model whose tokenizer is not
+here); the interface is the same: text prompts in, completions out.
+
 Async with bounded concurrency: every prompt is one request (``n`` samples in
 it, so the server shares the prompt's prefill); at most ``max_concurrency``
 requests are in flight. Each request has a timeout and is retried with
@@ -76,6 +81,7 @@ class OpenAIEngine(Engine):
         backoff_max_s: float = 30.0,
         tokenizer: str | None = None,
         max_model_len: int | None = None,
+        chat_endpoint: bool = False,
     ) -> None:
         if max_concurrency <= 0:
             raise ValueError("max_concurrency must be positive")
@@ -87,7 +93,8 @@ class OpenAIEngine(Engine):
 
             self.tokenizer = load_tokenizer(tokenizer)
         self.model = model
-        self.url = base_url.rstrip("/") + "/completions"
+        self.chat_endpoint = chat_endpoint
+        self.url = base_url.rstrip("/") + ("/chat/completions" if chat_endpoint else "/completions")
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
@@ -144,6 +151,10 @@ class OpenAIEngine(Engine):
         """The skipped completions of a prompt that cannot fit (known without a request), else None."""
         if self.tokenizer is None:
             return None
+        if self.chat_endpoint and getattr(self.tokenizer, "chat_template", None):
+            from prmforge.prompts import apply_chat
+
+            prompt = apply_chat(self.tokenizer, prompt)  # what the server will run
         count = len(self.tokenizer(prompt)["input_ids"])
         why = skip_reason(count, params.max_tokens, self.max_model_len)
         return skipped_completions(params.n, count, why) if why is not None else None
@@ -152,7 +163,7 @@ class OpenAIEngine(Engine):
     def _body(self, prompt: str, params: SamplingParams) -> dict:
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": prompt,
+            **({"messages": [{"role": "user", "content": prompt}]} if self.chat_endpoint else {"prompt": prompt}),
             "n": params.n,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
@@ -211,7 +222,7 @@ class OpenAIEngine(Engine):
         try:
             data = resp.json()
             choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
-            texts = [str(c["text"]) for c in choices]
+            texts = [str((c["message"]["content"] or "") if self.chat_endpoint else c["text"]) for c in choices]
             reasons = [c.get("finish_reason") for c in choices]
         except (ValueError, KeyError, TypeError) as exc:
             raise _Retryable(f"unparseable response ({type(exc).__name__}): {self._scrub(resp.text[:200])}") from exc

@@ -96,22 +96,54 @@ class CalculatorJudge(Judge):
 class LLMJudge(Judge):
     """A critique prompt through any engine backend (``prmforge.labeling.llm_judge``).
 
-    The engine is built on the first call that needs it, so a fully resumed
-    stage never loads a model, and lives until :meth:`close`.
+    The prompt is the user turn of the judge model's chat template (real judges are
+    instruct models), decided once per judge by :meth:`prompt_plan`:
+
+    * ``hf`` / ``vllm``: the model's own tokenizer, loaded here
+      (:func:`prmforge.prompts.chat_tokenizer`, as for the policy), applies it;
+    * ``openai`` with ``tokenizer`` (a local copy of the served model's): the same, and the
+      templated text goes to ``/v1/completions``;
+    * ``openai`` without one: the server applies it: prompts go to ``/v1/chat/completions``
+      (``EngineConfig.chat_endpoint``), since this process cannot see the template.
+
+    ``chat_template`` None uses the template when the model has one (on the server path:
+    always, as a chat endpoint); True requires one; False sends the bare critique prompt
+    (a base model). The engine is built on the first call that needs it, so a fully
+    resumed stage never loads a model, and lives until :meth:`close`.
     """
 
-    def __init__(self, engine: EngineConfig) -> None:
+    def __init__(self, engine: EngineConfig, chat_template: bool | None = None) -> None:
         if not engine.model:
             raise ValueError("judge kind 'llm' needs a model (hub id, folder, storage URI or served name)")
+        if chat_template is False and engine.backend == "openai" and engine.chat_endpoint:
+            raise ValueError("judge chat_template: false contradicts chat_endpoint: true (the server would apply it)")
         self.engine_config = engine
+        self.chat_template = chat_template
+        self._plan: tuple[Any, EngineConfig] | None = None
         self._engine: Engine | None = None
 
     @property
     def name(self) -> str:
         return f"llm:{self.engine_config.backend}:{self.engine_config.model}"
 
+    def prompt_plan(self) -> tuple[Any, EngineConfig]:
+        """``(tokenizer whose chat template wraps each prompt, or None; the engine config to run)``."""
+        if self._plan is None:
+            cfg = self.engine_config
+            if cfg.backend == "openai" and (cfg.chat_endpoint or not cfg.tokenizer):
+                server_side = cfg.chat_endpoint or self.chat_template is not False
+                self._plan = (None, cfg.model_copy(update={"chat_endpoint": server_side}))
+            else:
+                from prmforge.prompts import chat_tokenizer
+
+                ref = cfg.tokenizer if cfg.backend == "openai" else cfg.model
+                self._plan = (chat_tokenizer(ref, self.chat_template, cfg.trust_remote_code), cfg)
+        return self._plan
+
     def identity(self) -> dict[str, Any]:
-        return self.engine_config.identity()
+        tok, cfg = self.prompt_plan()
+        where = "server" if cfg.backend == "openai" and cfg.chat_endpoint else "tokenizer" if tok is not None else "none"
+        return {**cfg.identity(), "chat_template": where}
 
     def judge(self, problems: Sequence[str], steps: Sequence[Sequence[str]],
               settings: JudgeSettings) -> list[Judgement]:
@@ -119,10 +151,11 @@ class LLMJudge(Judge):
 
         if not steps:
             return []
+        tok, cfg = self.prompt_plan()
         if self._engine is None:
-            self._engine = make_engine(self.engine_config)
+            self._engine = make_engine(cfg)
         outs = judge_with_engine(self._engine, problems, steps, max_tokens=settings.max_tokens,
-                                 temperature=settings.temperature, seed=settings.seed)
+                                 temperature=settings.temperature, seed=settings.seed, chat_tokenizer=tok)
         return [Judgement(o.verdict.status, o.verdict.first_error, o.verdict.detail, o.raw[-2000:],
                           o.prompt_tokens, o.completion_tokens) for o in outs]
 
@@ -137,6 +170,7 @@ class JudgeConfig(BaseModel):
 
     kind: Literal["calculator", "llm"] = "calculator"
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    chat_template: bool | None = None  # LLM judge: None = the model's chat template when it has one
 
 
 def make_judge(cfg: JudgeConfig) -> Judge:
@@ -144,5 +178,5 @@ def make_judge(cfg: JudgeConfig) -> Judge:
     if cfg.kind == "calculator":
         return CalculatorJudge()
     if cfg.kind == "llm":
-        return LLMJudge(cfg.engine)
+        return LLMJudge(cfg.engine, cfg.chat_template)
     raise ValueError(f"unknown judge kind {cfg.kind!r}")

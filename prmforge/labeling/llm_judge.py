@@ -16,6 +16,14 @@ Why the problem and steps are escaped: they are untrusted text (user datasets,
 policy samples). Every ``<``, ``>`` and ``&`` is escaped, so no input can close
 the ``<problem>`` or ``<step_k>`` tags or open new ones, and the instructions
 sit outside the delimited data.
+
+Why a chat template: real judges are instruct models (Qwen2.5-Instruct...),
+trained to answer a user turn of their chat template; fed the bare text they
+continue it as a document instead of answering. :func:`judge_prompt` puts the
+critique prompt in the user turn of the judge's template
+(:func:`prmforge.prompts.apply_chat`, the one the policy prompt uses too) and
+opens the assistant turn; :class:`prmforge.labeling.judges.LLMJudge` decides
+per backend whether and where the template is applied.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prmforge.engines.base import Completion, Engine, SamplingParams
 
@@ -61,6 +70,16 @@ def critique_prompt(problem: str, steps: Sequence[str]) -> str:
     parts.append("</solution>\n\n")
     parts.append(_TASK)
     return "".join(parts)
+
+
+def judge_prompt(problem: str, steps: Sequence[str], chat_tokenizer: Any = None) -> str:
+    """:func:`critique_prompt`, as the user turn of ``chat_tokenizer``'s chat template when one is given."""
+    text = critique_prompt(problem, steps)
+    if chat_tokenizer is None:
+        return text
+    from prmforge.prompts import apply_chat
+
+    return apply_chat(chat_tokenizer, text)
 
 
 @dataclass(frozen=True)
@@ -138,13 +157,17 @@ def judge_with_engine(
     max_tokens: int = 512,
     temperature: float = 0.0,
     seed: int = 0,
+    chat_tokenizer: Any = None,
 ) -> list[JudgeOutput]:
     """Judge many solutions in one engine call (one completion each).
 
+    ``chat_tokenizer``: the judge model's tokenizer whose chat template wraps each
+    prompt (:func:`judge_prompt`); None sends the critique prompt as it is (a base
+    model, or a server that applies the template itself).
     An engine exception fails the whole batch as ``error`` verdicts (recorded,
     never guessed), so one outage does not lose the other stages' work.
     """
-    prompts = [critique_prompt(p, s) for p, s in zip(problems, steps, strict=True)]
+    prompts = [judge_prompt(p, s, chat_tokenizer) for p, s in zip(problems, steps, strict=True)]
     if not prompts:
         return []
     params = SamplingParams(n=1, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)

@@ -263,7 +263,8 @@ class CutRelay:
 # a loopback OpenAI-compatible server with a programmable brain and faults
 # ---------------------------------------------------------------------------
 class LoopbackLLM:
-    """``/v1/completions`` on 127.0.0.1: ``respond(prompt, index) -> text``; faults scripted per prompt.
+    """``/v1/completions`` and ``/v1/chat/completions`` on 127.0.0.1: ``respond(prompt, index) -> text``
+    (a chat request's prompt is its last message); faults scripted per prompt.
 
     ``faults[match] = ["timeout", "500", "garbage", ...]``: requests whose
     prompt contains ``match`` play the script one entry per request, then
@@ -324,10 +325,12 @@ class LoopbackLLM:
 
     def _handle(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         req = json.loads(raw)
-        prompt = req["prompt"]
+        chat = h.path.endswith("/chat/completions")
+        prompt = req["messages"][-1]["content"] if chat else req["prompt"]
         action = self._action(prompt)
         with self._lock:
-            self.requests.append({"prompt": prompt, "action": action, "headers": dict(h.headers)})
+            self.requests.append({"prompt": prompt, "action": action, "headers": dict(h.headers),
+                                  "endpoint": "chat" if chat else "completions"})
             self.served[action] = self.served.get(action, 0) + 1
         if action == "timeout":
             time.sleep(self.timeout_sleep_s)
@@ -342,7 +345,9 @@ class LoopbackLLM:
         if action == "truncated":
             return self._send(h, 200, b'{"choices": [{"index": 0, "te')
         n = int(req.get("n", 1))
-        choices = [{"index": i, "text": self.respond(prompt, i), "finish_reason": "stop"} for i in range(n)]
+        texts = [self.respond(prompt, i) for i in range(n)]
+        choices = [{"index": i, **({"message": {"role": "assistant", "content": t}} if chat else {"text": t}),
+                    "finish_reason": "stop"} for i, t in enumerate(texts)]
         body = {"object": "text_completion", "model": req.get("model", ""), "choices": choices,
                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 5 * n}}
         return self._send(h, 200, json.dumps(body).encode())
