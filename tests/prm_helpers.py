@@ -150,3 +150,35 @@ def tiny_token_classifier(folder: Path, max_positions: int = 4096) -> Path:
         stale.unlink()
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_qwen_math_prm(folder: Path, max_positions: int = 4096, chat_template: bool = True) -> Path:
+    """A random Qwen2.5-Math-PRM look-alike: ``Qwen2ForProcessRewardModel`` read at ``<extra_0>``, ChatML tokens
+    and Qwen2-Instruct's chat template in its tokenizer, no ``prmforge_export.json`` (so it is read as Qwen's
+    checkpoints are, through its chat template; ``chat_template=False`` drops the template).
+
+    Built through this project's exporter (the same tensors and config Qwen's checkpoints have), then the
+    export's own note is removed. head_dim 32 (hidden 64, 2 heads): the smallest vLLM's CPU attention takes.
+    """
+    import torch
+    from tokenizers import AddedToken
+
+    from prmforge.prm.export import EXPORT_INFO, export_qwen2_prm
+    from prmforge.prm.layouts import QWEN_STEP_TOKEN
+    from prmforge.prm.model import build_prm
+    from prmforge.prm.tiny import build_tiny_backbone
+    from prmforge.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
+
+    base = build_tiny_backbone(folder.parent / f"{folder.name}-base", CORPUS * 5, hidden_size=64, layers=2, heads=2,
+                               vocab_size=300, max_positions=max_positions, arch="qwen2")
+    model, tok = build_prm(str(base), standard=True, max_length=max_positions, prompt_format="raw", seed=2)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in (IM_START, IM_END, QWEN_STEP_TOKEN)],
+                   special_tokens=True)
+    model.backbone.resize_token_embeddings(len(tok))
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    with torch.no_grad():  # a fresh head's output layer is near zero: spread the scores so parity means something
+        model.head[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(5))
+    export_qwen2_prm(model, tok, folder)
+    (folder / EXPORT_INFO).unlink()
+    return folder

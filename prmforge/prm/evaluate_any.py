@@ -19,6 +19,7 @@ model version when the PRM came from the registry.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,10 +34,18 @@ FORMATS = ("auto", "prmforge", "qwen2-prm", "math-shepherd", "token-classify")
 BACKENDS = ("hf", "vllm")
 EVAL_EXPERIMENT = "prmforge-evaluate"
 
+log = logging.getLogger(__name__)
+
 
 def score_items(prm: str, items: Sequence[tuple[str, Sequence[str]]], fmt: str = "auto",
-                backend: str = "hf") -> tuple[list[list[float]], str]:
-    """Per-step P(correct) for ``(problem, steps)`` items, and the format that was read."""
+                backend: str = "hf") -> tuple[list[list[float]], str, str]:
+    """Per-step P(correct) for ``(problem, steps)`` items, the format that was read and its prompt format.
+
+    The prompt format says how the problem reached the PRM: ``chat`` (a ``qwen2-prm``
+    checkpoint's chat template, as its model card), ``world`` (this project's policy
+    prompt, as its PRM was trained) or ``raw`` (as is: a ``qwen2-prm`` checkpoint without
+    a chat template, and the math-shepherd and token-classify layouts).
+    """
     if fmt not in FORMATS or backend not in BACKENDS:
         raise ConfigError(f"format must be one of {FORMATS} and backend one of {BACKENDS}, got {fmt!r}, {backend!r}")
     folder = resolve_model_dir(prm)
@@ -47,14 +56,17 @@ def score_items(prm: str, items: Sequence[tuple[str, Sequence[str]]], fmt: str =
     if fmt == "prmforge":
         if backend == "hf":
             model, tok = ProcessRewardModel.load(folder)
-            return score_steps(model, tok, items), fmt
+            return score_steps(model, tok, items), fmt, model.config.prompt_format
         if not (folder / EXPORT_DIR).is_dir():
             raise ConfigError(f"{prm}: backend vllm needs the {EXPORT_DIR}/ export (a standard head on a Qwen2 base)")
         layout = open_layout(folder / EXPORT_DIR, "qwen2-prm")
     else:
         layout = open_layout(folder, fmt)
+    if fmt == "qwen2-prm" and layout.prompt_format == "raw":
+        log.warning("%s has no chat template: the problem and the tagged steps are fed as they are, not in the "
+                    "chat format of Qwen2.5-Math-PRM's model card", folder)
     encoded = [layout.encode(problem, steps) for problem, steps in items]
-    return (layout.vllm_scores(encoded) if backend == "vllm" else layout.hf_scores(encoded)), fmt
+    return (layout.vllm_scores(encoded) if backend == "vllm" else layout.hf_scores(encoded)), fmt, layout.prompt_format
 
 
 def evaluate_prm(prm: str, processbench: Sequence[str], out_dir: str | Path, fmt: str = "auto",
@@ -66,7 +78,7 @@ def evaluate_prm(prm: str, processbench: Sequence[str], out_dir: str | Path, fmt
         samples += load_source(source).samples[:limit]
     if not samples:
         raise ConfigError("no ProcessBench samples in " + ", ".join(processbench))
-    scores, fmt = score_items(prm, [(s.problem, s.steps) for s in samples], fmt, backend)
+    scores, fmt, prompt_format = score_items(prm, [(s.problem, s.steps) for s in samples], fmt, backend)
     for s, sc in zip(samples, scores, strict=True):
         s.scores = sc
     out = Path(out_dir)
@@ -78,7 +90,7 @@ def evaluate_prm(prm: str, processbench: Sequence[str], out_dir: str | Path, fmt
     import pyarrow.parquet as pq
 
     pq.write_table(step_scores_table({"test": samples}), out / "step_scores.parquet")
-    metrics = {"prm": prm, "format": fmt, "backend": backend, "threshold": threshold,
+    metrics = {"prm": prm, "format": fmt, "prompt_format": prompt_format, "backend": backend, "threshold": threshold,
                "processbench": processbench_report(samples, threshold)}
     if prm.startswith("models:/"):
         name, version = registered_version(prm)
@@ -108,7 +120,8 @@ def log_evaluation(metrics: dict, out: Path, processbench: Sequence[str]) -> str
     # the experiment by id, not set_experiment: the process's active experiment stays what it was
     exp = client.get_experiment_by_name(EVAL_EXPERIMENT)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(EVAL_EXPERIMENT)
-    tags = {"stage": "evaluate", "prm": metrics["prm"], "format": metrics["format"], "backend": metrics["backend"]}
+    tags = {"stage": "evaluate", "prm": metrics["prm"], "format": metrics["format"], "backend": metrics["backend"],
+            "prompt_format": metrics["prompt_format"]}
     version = metrics.get("model_version")
     if version:
         tags.update(model_name=metrics["model_name"], model_version=version)

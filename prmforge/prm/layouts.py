@@ -5,7 +5,14 @@ which come in three layouts, each read differently at each step:
 
 * ``qwen2-prm`` -- ``Qwen2ForProcessRewardModel`` (Qwen2.5-Math-PRM, and this project's
   ``qwen2_prm/`` export): a score MLP on the hidden state at the step token, softmax,
-  P(correct) = class 1. vLLM: STEP pooling on the step token.
+  P(correct) = class 1. vLLM: STEP pooling on the step token. Its input is the one
+  its model card gives (prompt format ``chat``): the messages system "Please reason
+  step by step, and put your final answer within \\boxed{}.", user = the problem,
+  assistant = every step followed by ``<extra_0>``, through the checkpoint's chat
+  template (``add_generation_prompt=False``), scores read at each ``<extra_0>``. A
+  checkpoint whose tokenizer has no chat template gets the problem and the tagged
+  steps as they are (``raw``); this project's export (``prmforge_export.json``) is
+  encoded exactly as its PRM was trained (``prompt_format`` there).
 * ``math-shepherd`` -- a causal LM read at a step tag (``ки``): softmax over the logits of
   the good and bad tokens (``+``, ``-``) at the tag, P(correct) = P(good). vLLM strips a
   causal LM's LM head in its pooling runner, so ``returned_token_ids`` would index hidden
@@ -37,6 +44,9 @@ from prmforge.errors import ConfigError
 from prmforge.prm.export import EXPORT_INFO, QWEN2_PRM_ARCH
 
 QWEN_STEP_TOKEN = "<extra_0>"  # the step tag of Qwen's official PRMs
+# the system turn of the Qwen2.5-Math-PRM model card's input (and of Qwen2.5-Math-Instruct's prompts)
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+CHAT_FORMAT = "chat"  # the qwen2-prm model card's chat messages through the checkpoint's template
 SHEPHERD_STEP_TAG, SHEPHERD_GOOD, SHEPHERD_BAD = "ки", "+", "-"  # Math-Shepherd's tag and label tokens
 TRL_SEPARATOR = "\n"  # TRL PRMTrainer's default step_separator
 LAYOUT_INFO = "prm_layout.json"  # optional: overrides of the tag/tokens/separator for a layout
@@ -87,6 +97,11 @@ class Layout:
     vllm_options: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def prompt_format(self) -> str:
+        """How the problem is presented: ``chat`` (the qwen2-prm model card's), ``world`` or ``raw`` (as is)."""
+        return str(self.info.get("prompt_format", "raw"))
+
     # ---- encoding ---------------------------------------------------------------
     def _enc(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -94,6 +109,8 @@ class Layout:
     def encode(self, problem: str, steps: Sequence[str]) -> Encoded:
         """Token ids of ``problem`` and ``steps`` in this layout; steps past ``max_length`` are dropped."""
         tok = self.tokenizer
+        if self.fmt == "qwen2-prm" and self.prompt_format == CHAT_FORMAT:
+            return self._encode_chat(problem, steps)
         if self.fmt == "qwen2-prm":  # exactly as this project's PRM encodes, so both layouts see the same ids
             from prmforge.prm.data import encode_example
             from prmforge.prm.model import format_prompt
@@ -113,6 +130,26 @@ class Layout:
         if len(ids) > self.max_length:  # the problem alone does not fit
             ids, positions = ids[: self.max_length], []
         return Encoded(ids, positions, len(steps) - len(positions))
+
+    def _encode_chat(self, problem: str, steps: Sequence[str]) -> Encoded:
+        """The Qwen2.5-Math-PRM model card's input: its three messages through the chat template, encoded whole.
+
+        A step never holds the tag itself (it would be read as the end of a step). The text
+        between two tags is encoded the same whatever follows, so a solution too long for
+        ``max_length`` keeps the ids up to its last whole tagged step and the rest count as dropped.
+        """
+        tag, tag_id = self.info["step_token"], int(self.info["step_token_id"])
+        messages = [{"role": "system", "content": QWEN_PRM_SYSTEM}, {"role": "user", "content": problem},
+                    {"role": "assistant", "content": "".join(s.replace(tag, "") + tag for s in steps)}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        ids = list(self.tokenizer(text)["input_ids"])  # as the card: tokenizer.encode(conversation_str)
+        positions = [i for i, t in enumerate(ids) if t == tag_id]
+        if len(positions) != len(steps):
+            raise ValueError(f"{self.folder}: the chat template kept {len(positions)} of {len(steps)} step tags")
+        kept = [p for p in positions if p < self.max_length]
+        if len(ids) > self.max_length:
+            ids = ids[: kept[-1] + 1] if kept else ids[: self.max_length]
+        return Encoded(ids, kept, len(steps) - len(kept))
 
     def _step_ids(self, i: int, step: str) -> list[int]:
         if self.fmt == "math-shepherd":  # "question step1 ки\nstep2 ки", the tag never inside a step
@@ -220,7 +257,10 @@ def open_layout(folder: Path, fmt: str) -> Layout:
         tid = tok.convert_tokens_to_ids(step)
         if tid is None or tid == tok.unk_token_id:
             raise ConfigError(f"{folder}: the tokenizer has no step token {step!r}")
-        info = {"step_token": step, "step_token_id": int(tid), "prompt_format": export.get("prompt_format", "raw")}
+        # this project's export: encoded as its PRM was trained; another checkpoint: as its model card says
+        # (the chat template), or, when its tokenizer has none, the problem and tagged steps as they are
+        fmt_in = export.get("prompt_format", "raw") if export else CHAT_FORMAT if tok.chat_template else "raw"
+        info = {"step_token": step, "step_token_id": int(tid), "prompt_format": fmt_in}
         max_len = int(export.get("max_length") or context_length(folder, tok))
         opts = {"step_token_id": int(tid), "pooling": "STEP", "returned_token_ids": [0, 1], "label_index": 1}
         return Layout(fmt, folder, tok, max_len, opts, info)
