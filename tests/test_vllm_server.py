@@ -42,8 +42,9 @@ COLUMNS = ["rollout_id", "text", "steps", "completion_tokens", "finish_reason"]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     model = tiny_policy(tmp_path_factory.mktemp("policy") / "tiny")
     port = free_port()
+    # 1,024 positions: an LLM judge's critique prompt in the chat template is about 700 tokens
     cmd = server_command(str(model), port, NAME, cpu=not torch.cuda.is_available(), dtype="float32",
-                         kv_cache_gib=0.5)
+                         kv_cache_gib=0.5, max_model_len=1024)
     srv = VLLMServer(cmd, port, tmp_path_factory.mktemp("server") / "vllm-server.log")
     srv.start()
     yield srv
