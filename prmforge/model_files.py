@@ -147,6 +147,7 @@ def registered_version(ref: str) -> tuple[str, str]:
 def _download_registered(ref: str) -> Path:
     """The PRM folder of a registered version (its pyfunc's ``prm`` artifact), downloaded once."""
     import mlflow
+    from mlflow.models import Model
 
     from prmforge.env import default_tracking_uri
     from prmforge.storage import COMPLETE_MARKER
@@ -161,8 +162,11 @@ def _download_registered(ref: str) -> Path:
     try:
         mlflow.set_tracking_uri(default_tracking_uri())
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp)))
-        prm = got / "artifacts" / "prm"
-        if not prm.is_dir():
+        # the pyfunc's ``prm`` artifact keeps its source folder's name (``prm-<run key>`` for the asset's PRMs):
+        # the MLmodel file says where it is
+        artifacts = Model.load(str(got)).flavors.get("python_function", {}).get("artifacts", {})
+        prm = got / artifacts["prm"]["path"] if "prm" in artifacts else None
+        if prm is None or not prm.is_dir():
             raise ModelSourceError(f"{ref} (version {version}) has no prm artifact: not a prmforge PRM")
         os.replace(prm, tmp / "prm")
         (tmp / "prm" / COMPLETE_MARKER).write_text("ok\n")

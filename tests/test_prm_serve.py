@@ -41,7 +41,7 @@ def _register_champion(tmp_path: Path):
     model, tok = build_prm(str(base), standard=True, max_length=2048, prompt_format="raw", seed=1)
     with torch.no_grad():
         model.head[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
-    folder = save_prm(model, tok, tmp_path / "prm")
+    folder = save_prm(model, tok, tmp_path / "prm-0a1b2c3d")  # named by run key, as prm_model stores it
     mlflow.set_tracking_uri(default_tracking_uri())
     exp_id = mlflow.MlflowClient(default_tracking_uri()).create_experiment("prm-serve-test")  # this test's own store
     with mlflow.start_run(experiment_id=exp_id):
