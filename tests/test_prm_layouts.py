@@ -65,6 +65,8 @@ def test_every_layout_is_detected_and_evaluated(prms: dict[str, Path], shared_da
         preds = [json.loads(x) for x in (tmp_path / fmt / "predictions.jsonl").read_text().splitlines()]
         assert len(preds) == 12 and {p["subset"] for p in preds} == {"gsm8k", "math"}
         vals = [s for s in scores["score"] if not math.isnan(s)]
+        unscored = metrics["unscored"]["all"]  # steps that did not fit are reported, not silent
+        assert unscored["steps"] == len(scores["score"]) and unscored["unscored"] == len(scores["score"]) - len(vals)
         assert len(vals) > 40 and all(0.0 <= s <= 1.0 for s in vals)
         assert max(vals) - min(vals) > 0.05, f"{fmt}: scores must vary"
         assert metrics["mlflow_run_id"]  # logged as an evaluation run

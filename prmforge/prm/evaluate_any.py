@@ -11,7 +11,9 @@ local folder, a ``file://``/``s3://`` storage folder or a ``models:/`` registry 
 
 Outputs: ``predictions.jsonl`` (``{"id", "subset", "pred"}``, pred = first step scored
 below the threshold, -1 if none), ``step_scores.parquet`` and ``metrics.json``
-(per-subset error/correct accuracy and F1, plus their unweighted mean). The same
+(per-subset error/correct accuracy and F1, plus their unweighted mean; and per subset
+the steps the PRM could not score because the solution did not fit its context, which
+count as errors, with a warning above 1%). The same
 figures are logged to MLflow as an evaluation run, tagged with the registered
 model version when the PRM came from the registry.
 """
@@ -27,7 +29,13 @@ from prmforge.errors import ConfigError
 from prmforge.model_files import registered_version, resolve_model_dir
 from prmforge.prm.benchmarks import load_source
 from prmforge.prm.layouts import detect_format, open_layout
-from prmforge.prm.metrics import Sample, predicted_first_error, processbench_report, step_scores_table
+from prmforge.prm.metrics import (
+    Sample,
+    predicted_first_error,
+    processbench_report,
+    step_scores_table,
+    unscored_report,
+)
 from prmforge.prm.model import EXPORT_DIR, ProcessRewardModel, score_steps
 
 FORMATS = ("auto", "prmforge", "qwen2-prm", "math-shepherd", "token-classify")
@@ -90,8 +98,13 @@ def evaluate_prm(prm: str, processbench: Sequence[str], out_dir: str | Path, fmt
     import pyarrow.parquet as pq
 
     pq.write_table(step_scores_table({"test": samples}), out / "step_scores.parquet")
+    unscored = unscored_report(samples)
+    if unscored["all"]["unscored_share"] > 0.01:
+        u = unscored["all"]
+        log.warning("%d of %d steps (%.1f%%) did not fit the PRM's context and count as errors", u["unscored"],
+                    u["steps"], 100 * u["unscored_share"])
     metrics = {"prm": prm, "format": fmt, "prompt_format": prompt_format, "backend": backend, "threshold": threshold,
-               "processbench": processbench_report(samples, threshold)}
+               "processbench": processbench_report(samples, threshold), "unscored": unscored}
     if prm.startswith("models:/"):
         name, version = registered_version(prm)
         metrics["model_name"], metrics["model_version"] = name, version
@@ -126,6 +139,7 @@ def log_evaluation(metrics: dict, out: Path, processbench: Sequence[str]) -> str
     if version:
         tags.update(model_name=metrics["model_name"], model_version=version)
     flat = {f"{subset}_{k}": float(v) for subset, r in metrics["processbench"].items() for k, v in r.items()}
+    flat.update({f"{subset}_steps_{k}": float(v) for subset, r in metrics["unscored"].items() for k, v in r.items()})
     with mlflow.start_run(experiment_id=exp_id, run_name=f"evaluate {metrics['format']} {metrics['backend']}",
                           tags=tags) as run:
         mlflow.log_params({"threshold": metrics["threshold"], "processbench": ",".join(processbench)})
