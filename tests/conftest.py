@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from net_helpers import free_port
 
+TESTS_DIR = Path(__file__).resolve().parent
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Retry policies are built when the code location is imported (pipelines/automation.py), before any
 # fixture runs: steps keep them but retry without waiting.
@@ -41,8 +42,14 @@ def _policy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     Training is deterministic, so a test that finds the tiny policy in the
     cache gets the very weights it would have trained. Subprocesses inherit it.
+    Under pytest-xdist each worker has its own base temp dir; the cache sits
+    beside them, so the workers share it (``training_lock`` trains each config once).
     """
-    cache = tmp_path_factory.mktemp("policy-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "policy-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("policy-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRMFORGE_POLICY_CACHE", str(cache))
         yield cache
@@ -114,3 +121,28 @@ def shared_data() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    """The unit of work ``item`` belongs to: its test file, all ``vllm`` modules, or a whole test folder."""
+    if item.get_closest_marker("vllm") is not None:
+        return "vllm"
+    path = item.path.resolve()
+    if not path.is_relative_to(TESTS_DIR):
+        return str(path)
+    rel = path.relative_to(TESTS_DIR)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.as_posix()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for ``make test``'s ``pytest -n 2 --dist loadgroup``; the marks do nothing in a serial run.
+
+    A test file is one unit, so module fixtures (engines, trained models) are built once. The modules marked
+    ``vllm`` are one unit: their engines run one at a time (each binds core 0 with ``cpu_threads_bind:
+    auto`` and holds a KV cache and three processes). A folder such as ``tests/reliability`` is one unit, so
+    its report (``tests/reliability/conftest.py``) sees the whole suite in one process.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))

@@ -22,6 +22,8 @@ from prmforge.prm.model import EXPORT_DIR, ProcessRewardModel, build_prm, score_
 from prmforge.prm.tiny import build_tiny_backbone
 from prmforge.prm.vllm_score import VLLMPRMScorer, encode_items, score_steps_vllm
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 torch.set_num_threads(1)
 MAX_LEN = 4096
 

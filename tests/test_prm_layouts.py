@@ -27,6 +27,8 @@ from prmforge.prm.layouts import detect_format, open_layout
 from prmforge.prm.model import EXPORT_DIR, build_prm
 from prmforge.prm.tiny import build_tiny_backbone
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 torch.set_num_threads(1)
 
 

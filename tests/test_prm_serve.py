@@ -24,6 +24,8 @@ from prmforge.prm.export import save_prm
 from prmforge.prm.model import build_prm, score_steps
 from prmforge.prm.tiny import build_tiny_backbone
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 torch.set_num_threads(1)
 CHAMPION = "models:/prmforge-prm@champion"
 

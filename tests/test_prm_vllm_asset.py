@@ -24,6 +24,8 @@ from prmforge.labeling.consensus import CONSENSUS_SCHEMA
 from resources import build_resources
 from resources.storage import StorageResource
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 torch.set_num_threads(1)
 
 LABELS, _ = world_rows(24, seed=1, dataset="world-a")

@@ -26,6 +26,8 @@ from prmforge.engines.base import SamplingParams
 from prmforge.engines.factory import EngineConfig, make_engine
 from prmforge.engines.vllm import VLLMEngine, VLLMWorkerError
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 PROMPTS = ["Tom has 3 apples", "A train travels 60 km in 1 hour. How far does it go", "x ="]
 PARAMS = SamplingParams(n=4, temperature=1.0, max_tokens=24, seed=3)
 CLOSE_LIMIT_S = 30.0

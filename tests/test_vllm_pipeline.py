@@ -26,6 +26,8 @@ from resources.engine import EngineResource
 from resources.judge import JudgeResource
 from resources.storage import StorageResource
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 PART = "world-demo"
 # eager (no compile step at start), small KV cache: each engine starts in 30-90 s on CPU; the model's
 # whole context, as an LLM-judge prompt takes about 1,200 tokens with the tiny tokenizer

@@ -31,6 +31,8 @@ from resources import build_resources
 from resources.engine import EngineResource
 from resources.storage import StorageResource
 
+pytestmark = pytest.mark.vllm  # starts a vLLM engine: one at a time under `make test` (tests/conftest.py)
+
 PART = "world-demo"
 NAME = "tiny-policy"
 # one request per shard at a time, so the kill lands while shards remain; retries span a restart

@@ -11,14 +11,20 @@ so the tiny policy is trained once per pytest session.
 
 A cache entry appears by one atomic rename of a fully written folder, so a
 folder named after a hash is always complete; concurrent writers of the same
-hash keep the first and discard their own copy.
+hash keep the first and discard their own copy. Processes that share a cache
+(pytest-xdist workers, run workers of one deployment) hold
+:func:`training_lock` while they look for and train a config, so each config
+is trained once: the second process waits, then copies the first's entry.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prmforge.env import POLICY_CACHE_VAR, policy_cache_dir
@@ -66,3 +72,23 @@ def store_cached(src: str | Path, config_hash: str) -> Path | None:
         if cached_policy(config_hash) is None:
             return None
     return final
+
+
+@contextmanager
+def training_lock(config_hash: str) -> Iterator[None]:
+    """Hold the cache's exclusive lock for ``config_hash`` (nothing to hold when the cache is off).
+
+    An ``flock`` on ``<cache>/.lock-<hash>``: the kernel drops it when its holder
+    exits or is killed, so a trainer that dies never blocks the others.
+    """
+    cache = policy_cache_dir()
+    if cache is None:
+        yield
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".lock-{config_hash}", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

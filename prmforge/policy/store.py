@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prmforge.policy.cache import fetch_cached, store_cached
+from prmforge.policy.cache import fetch_cached, store_cached, training_lock
 from prmforge.policy.calibration import CalibrationReport, calibrate
 from prmforge.policy.settings import POLICY_CODE_VERSION, PolicySettings
 from prmforge.policy.train import train_policy
@@ -92,7 +92,28 @@ def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Pa
         (local / INFO_FILE).write_text(json.dumps(info, indent=1))
         storage.put_dir(local, *key)
         return PolicyBuild(storage.url(*key), h, True, local, report, info)
-    if not force and fetch_cached(h, local):
+    # Under the cache's lock: processes sharing the cache train each config once (the second one waits and
+    # copies). The cache gets the folder before the upload, so a slow store does not hold the others.
+    with training_lock(h):
+        from_cache = not force and fetch_cached(h, local)
+        if not from_cache:
+            result = train_policy(settings, local, log=log)
+            report, _ = calibrate(local, settings)
+            log(f"calibration: {report.summary()}")
+            info = {
+                "config_hash": h,
+                "code_version": POLICY_CODE_VERSION,
+                "settings": settings.model_dump(),
+                "num_parameters": result.num_parameters,
+                "train_seconds": result.seconds,
+                "steps_per_second": result.steps_per_second,
+                "curve": result.curve,
+                "calibration": report.as_dict(),
+                "calibration_key": _calib_key(settings),
+            }
+            (local / INFO_FILE).write_text(json.dumps(info, indent=1))
+            store_cached(local, h)
+    if from_cache:
         log(f"policy {h} found in the policy cache: copying it into the storage root instead of training")
         info = json.loads((local / INFO_FILE).read_text())
         if info.get("calibration_key") != _calib_key(settings):
@@ -102,22 +123,6 @@ def ensure_policy(storage: Storage, settings: PolicySettings, work_dir: str | Pa
         uri = storage.put_dir(local, *key)
         log(f"stored policy at {uri}")
         return PolicyBuild(storage.url(*key), h, False, local, _report(info["calibration"]), info, from_cache=True)
-    result = train_policy(settings, local, log=log)
-    report, _ = calibrate(local, settings)
-    log(f"calibration: {report.summary()}")
-    info = {
-        "config_hash": h,
-        "code_version": POLICY_CODE_VERSION,
-        "settings": settings.model_dump(),
-        "num_parameters": result.num_parameters,
-        "train_seconds": result.seconds,
-        "steps_per_second": result.steps_per_second,
-        "curve": result.curve,
-        "calibration": report.as_dict(),
-        "calibration_key": _calib_key(settings),
-    }
-    (local / INFO_FILE).write_text(json.dumps(info, indent=1))
     uri = storage.put_dir(local, *key)
     log(f"stored policy at {uri}")
-    store_cached(local, h)
     return PolicyBuild(storage.url(*key), h, False, local, report, info)

@@ -6,6 +6,10 @@ figures. At session end the records and each test's outcome and duration are
 written as markdown. Nothing in the report is typed by hand: a figure that is
 not produced by this run does not appear.
 
+Under ``make test`` (pytest-xdist, ``--dist loadgroup``) the whole suite is one
+group (``tests/conftest.py``), so one worker runs it all and writes the report;
+test ids are kept without the ``@<group>`` suffix xdist appends.
+
 Where the report goes: ``PRMFORGE_RELIABILITY_REPORT`` if set, else
 ``benchmarks/reliability_report.md`` when the whole ``tests/reliability``
 suite ran (a partial run, e.g. ``-k``, must not overwrite the full report).
@@ -72,11 +76,17 @@ FINDINGS = [
 ]
 
 
+def _test_id(nodeid: str) -> str:
+    """``nodeid`` without the ``@<group>`` suffix that pytest-xdist's ``--dist loadgroup`` appends."""
+    test = nodeid.rsplit("::", 1)[-1]
+    return nodeid.rsplit("@", 1)[0] if "@" in test else nodeid
+
+
 class FaultRecorder:
     """Handed to each test: ``fault(name, count, check, **figures)``."""
 
     def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
+        self.nodeid = _test_id(nodeid)
 
     def __call__(self, fault: str, count: int, check: str, **figures: Any) -> None:
         _STATE.records.append(FaultRecord(self.nodeid, fault, int(count), check, figures))
@@ -105,14 +115,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     rep = outcome.get_result()
     if not _in_suite(item):
         return
-    prev = _STATE.outcomes.get(item.nodeid, ("passed", 0.0))
+    nodeid = _test_id(item.nodeid)
+    prev = _STATE.outcomes.get(nodeid, ("passed", 0.0))
     duration = prev[1] + rep.duration
     state = prev[0]
     if rep.failed:
         state = "FAILED" if rep.when == "call" else f"ERROR ({rep.when})"
     elif rep.skipped:
         state = "skipped"
-    _STATE.outcomes[item.nodeid] = (state, duration)
+    _STATE.outcomes[nodeid] = (state, duration)
 
 
 def _fmt(v: Any) -> str:
