@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from net_helpers import free_port
@@ -146,3 +147,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, called in the controller
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Stop, rather than run slower, when ``--dist loadgroup`` ignores the groups.
+
+    xdist passes a test's group as a ``@<group>`` suffix of its node id; pytest 9.2 no longer lets it
+    (pytest-xdist#1386), and the tests are then spread one by one without any error.
+    """
+    if node.config.getoption("dist") == "loadgroup" and any("@" not in i for i in ids):
+        pytest.exit("pytest-xdist --dist loadgroup ignored the xdist_group marks (pytest-xdist#1386, pytest>=9.2):"
+                    " install the dev extra's pytest (`make install`)", returncode=pytest.ExitCode.USAGE_ERROR)
