@@ -23,6 +23,27 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def kill_processes_naming(root: Path) -> list[int]:
+    """SIGKILL every process whose command line names a path under ``root``; their pids.
+
+    Why: when a run process is SIGKILLed, the ``tail -F`` children Dagster's compute
+    log manager started to mirror its output are orphaned and never exit. A test that
+    kills runs on purpose reaps what they leave under its own folder.
+    """
+    needle = str(root).encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # exited meanwhile
+    return killed
+
+
 def write_workspace(path: Path, python_file: Path, attribute: str, location_name: str) -> Path:
     """A workspace file with one code location loaded from ``python_file``, run from the repository."""
     path.write_text(yaml.safe_dump({"load_from": [{"python_file": {

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from daemon_helpers import dagster_daemon, wait_for, write_workspace
+from daemon_helpers import dagster_daemon, kill_processes_naming, wait_for, write_workspace
 
 from pipelines import cli
 from pipelines.automation import GPU_POOL
@@ -55,11 +56,13 @@ def quick_gpu_step() -> dg.MaterializeResult:
 
 
 @pytest.fixture
-def dagster_home(_isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def dagster_home(_isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The test's DAGSTER_HOME; what the killed runs left running under it is reaped at the end."""
     home = _isolated_home / "dagster_home"
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("PRMFORGE_MAX_RETRIES", "0")
-    return home
+    yield home
+    kill_processes_naming(home)
 
 
 def test_process_token_names_this_process_and_detects_a_dead_one() -> None:
