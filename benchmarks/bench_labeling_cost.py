@@ -11,7 +11,17 @@ engine, sampling seed and grader:
   completion passes through proven positive);
 * ``binary+adaptive``: binary search, each prefix sampled in waves and
   stopped at its first correct completion (K is the maximum);
-* ``binary+reuse+adaptive``: both.
+* ``binary+reuse+adaptive``: both;
+* ``binary+adaptive+verify`` (and ``+reuse``): binary search, then every
+  prefix it only inferred positive is probed in ascending order until the
+  first zero, and correct rollouts are scanned the same way: ``per_step``'s
+  first error by construction (same completions), at the cost printed;
+* ``per_step+adaptive+verify`` (and ``+reuse``): the same scan without the
+  binary phase (prefixes in ascending order, stop at the first zero);
+* ``per_step (seed+1)``: ``per_step`` again with another sampling seed on the
+  same rollouts: its agreement with ``per_step`` is the noise ceiling, what
+  any K-sample estimate that does not reuse ``per_step``'s own completions
+  can reach against it.
 
 Printed per seed and strategy: completions and generated tokens per labelled
 rollout, the token ratio against ``per_step`` measured in the same run,
@@ -22,7 +32,8 @@ kept share). Then the mean and the spread (min-max) over the seeds.
 The HF engine's sampling is counter-based (sample ``j`` of a prompt depends on
 the seed, the prompt text and ``j`` only), so a prefix probed by two
 strategies gets the same completions, and adaptive waves are a prefix of the
-same K: strategies differ only in what they probe and what they reuse.
+same K: strategies differ only in what they probe and what they reuse (a ``verify``
+row agreeing below 100% would show that this does not hold).
 
 Usage, as measured in README.md and docs/labeling.md (``P`` is the demo
 policy ``make demo`` trains; a ``--policy`` folder without a model gets the
@@ -53,12 +64,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_POLICY = Path(".prmforge/bench/policy-demo")
-STRATEGIES = {  # name -> (mode, reuse, adaptive)
-    "per_step": ("per_step", False, False),
-    "binary": ("binary_search", False, False),
-    "binary+reuse": ("binary_search", True, False),
-    "binary+adaptive": ("binary_search", False, True),
-    "binary+reuse+adaptive": ("binary_search", True, True),
+STRATEGIES = {  # name -> (mode, reuse, adaptive, verify, sampling seed offset)
+    "per_step": ("per_step", False, False, False, 0),
+    "per_step (seed+1)": ("per_step", False, False, False, 1),
+    "binary": ("binary_search", False, False, False, 0),
+    "binary+reuse": ("binary_search", True, False, False, 0),
+    "binary+adaptive": ("binary_search", False, True, False, 0),
+    "binary+reuse+adaptive": ("binary_search", True, True, False, 0),
+    "binary+adaptive+verify": ("binary_search", False, True, True, 0),
+    "binary+reuse+adaptive+verify": ("binary_search", True, True, True, 0),
+    "per_step+adaptive+verify": ("per_step", False, True, True, 0),
+    "per_step+reuse+adaptive+verify": ("per_step", True, True, True, 0),
 }
 
 
@@ -107,12 +123,13 @@ def run_seed(engine, args: argparse.Namespace, seed: int) -> dict:
     grader = default_grader()
     results = {}
     for name in args.strategies:
-        mode, reuse, adaptive = STRATEGIES[name]
-        value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=seed,
+        mode, reuse, adaptive, verify, offset = STRATEGIES[name]
+        value = EngineValue(engine, grader, k=args.k, max_tokens=args.max_tokens, seed=seed + offset,
                             separator=STEP_SEPARATOR, batch_prefixes=args.batch_prefixes)
         fn = AdaptiveValue(value.sample, args.k, args.first_wave) if adaptive else value
         t = time.perf_counter()
-        results[name] = {r.rollout_id: r for r in run_search(items, mode, fn, reuse=reuse, separator=STEP_SEPARATOR)}
+        results[name] = {r.rollout_id: r for r in run_search(items, mode, fn, reuse=reuse, separator=STEP_SEPARATOR,
+                                                             verify=verify)}
         out["strategies"][name] = {"wall_s": time.perf_counter() - t}
         print(f"  seed {seed}: {name} labelled in {out['strategies'][name]['wall_s']:.0f}s", flush=True)
     both = [i.rollout_id for i in items if all(res[i.rollout_id].status == "ok" for res in results.values())]
@@ -181,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = HFEngine(str(policy), device=args.device, batch_size=512)
     print(f"policy {policy}; {args.problems} {args.difficulty} held-out problems x {args.n} rollouts per seed; "
           f"K={args.k}; seeds {args.seeds}; CPU threads {args.threads}", flush=True)
-    runs = []
+    runs, start, load = [], time.perf_counter(), os.getloadavg()[0]
     for seed in args.seeds:
         t = time.perf_counter()
         run = run_seed(engine, args, seed)
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{run['mean_steps']:.2f} steps per rollout, calculator exact {run['calculator_exact']:.3f} "
               f"({time.perf_counter() - t:.0f}s)", flush=True)
         for name, m in run["strategies"].items():
-            print(f"  {name:>22}: {m['completions_per_rollout']:5.2f} completions, {m['tokens_per_rollout']:6.1f} "
+            print(f"  {name:>30}: {m['completions_per_rollout']:5.2f} completions, {m['tokens_per_rollout']:6.1f} "
                   f"tokens per labelled rollout ({m['token_ratio']:.2f}x fewer than per_step); agreement with "
                   f"per_step {m['agreement_with_per_step']:.1%}; oracle exact {m['oracle_exact']:.3f}; consensus "
                   f"{m['consensus_exact'] or 0:.3f} (kept {m['kept_share']:.1%}); {m['wall_s']:.0f}s", flush=True)
@@ -204,9 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
                            "token_share_of_per_step", "agreement_with_per_step", "oracle_exact",
                            "consensus_exact", "kept_share")}
         summary["spread"][name] = fig
-        print(f"  {name:>22}: tokens/rollout {fig['tokens_per_rollout']}, x fewer {fig['token_ratio']}, "
-              f"agreement {fig['agreement_with_per_step']}, oracle {fig['oracle_exact']}, "
-              f"consensus {fig['consensus_exact']} kept {fig['kept_share']}")
+        print(f"  {name:>30}: tokens/rollout {fig['tokens_per_rollout']}, share of per_step "
+              f"{fig['token_share_of_per_step']}, x fewer {fig['token_ratio']}, agreement "
+              f"{fig['agreement_with_per_step']}, oracle {fig['oracle_exact']}, consensus {fig['consensus_exact']} "
+              f"kept {fig['kept_share']}")
+    summary["wall_s"], summary["load_1min"] = time.perf_counter() - start, [load, os.getloadavg()[0]]
+    print(f"wall {summary['wall_s']:.0f}s; 1-minute load average {load:.2f} at the start, "
+          f"{summary['load_1min'][1]:.2f} at the end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

@@ -529,3 +529,77 @@ def test_reuse_and_adaptive_on_a_real_tiny_model_are_deterministic(tmp_path) -> 
     # the shared first two prefixes are sampled once with reuse
     assert sum(r.shared_probes for r in first) == 4
     assert sum(r.completions for r in first) < sum(r.completions for r in fixed)
+
+
+# ---------------------------------------------------------------------------
+# verify: per_step's first error, not an estimate of it
+# ---------------------------------------------------------------------------
+def test_verify_returns_per_step_first_error_where_plain_binary_search_misses_the_dip() -> None:
+    # sampled values that are not monotone: a 0 at step 1 below a success at step 2 (finite-K noise)
+    items = _items([(4, True), (5, False), (5, False)])
+    values = {"r0": [0.5, 0.0, 0.5, 1.0], "r1": [0.5, 0.0, 0.25, 0.0, 0.0], "r2": [0.5, 0.5, 0.25, 0.5, 0.0]}
+    ps = run_search(items, "per_step", TableValue(values))
+    bs = run_search(items, "binary_search", TableValue(values))
+    assert [r.first_error for r in ps] == [1, 1, 4] and [r.first_error for r in bs] == [-1, 3, 4]
+    vb = run_search(items, "binary_search", TableValue(values), verify=True)
+    assert [r.first_error for r in vb] == [1, 1, 4]
+    assert vb[0].probe_steps == [0, 1]  # a correct rollout is scanned up to its first zero
+    # binary search probes 2 (> 0) and 3 (0); the scan probes 0 and 1, only inferred positive, and stops at 1
+    assert vb[1].probe_steps == [2, 3, 0, 1] and vb[1].labels == [True, False]
+    assert vb[2].probe_steps == [2, 3, 0, 1]  # 2 and 3 observed > 0: the scan checks only 0 and 1
+    scan = run_search(items, "per_step", TableValue(values), verify=True)
+    assert [r.first_error for r in scan] == [1, 1, 4]
+    assert [r.probe_steps for r in scan] == [[0, 1], [0, 1], [0, 1, 2, 3]]  # stops at the first zero
+
+
+def test_verify_equals_per_step_on_random_non_monotone_values_with_reuse_and_adaptive() -> None:
+    """Same completions for a prefix in every mode (as with the hf engine): every verified variant gives
+    per_step's first error on every rollout, where plain binary search and reuse proofs do not."""
+    from prmforge.labeling.mc import AdaptiveValue
+
+    rng = random.Random(7)
+    items, flat = [], {}
+    for pid in range(25):
+        its, tab = _tree_problem(rng, pid, n_rollouts=4)
+        items += [MCItem(i.rollout_id, i.prompt, i.steps, i.gold, i.final_correct, final_known=rng.random() > 0.1)
+                  for i in its]
+        flat.update(tab)
+    truth = {r.rollout_id: r.first_error for r in run_search(items, "per_step", TreeSampler(flat))}
+    plain = {r.rollout_id: r.first_error for r in run_search(items, "binary_search", TreeSampler(flat),
+                                                                 reuse=True)}
+    assert plain != truth  # the random tables hold dips plain binary search (with proofs) labels otherwise
+    cost = {}
+    for mode in ("per_step", "binary_search"):
+        for reuse in (False, True):
+            for adaptive in (False, True):
+                sampler = TreeSampler(flat)
+                fn = AdaptiveValue(sampler.sample, k=8, first_wave=1) if adaptive else sampler
+                res = run_search(items, mode, fn, reuse=reuse, verify=True)
+                assert {r.rollout_id: r.first_error for r in res} == truth, (mode, reuse, adaptive)
+                assert all(r.status == OK and r.free_positive == 0 for r in res)
+                cost[mode, reuse, adaptive] = len(sampler.drawn)
+    per_step_cost = sum(r.completions for r in run_search(items, "per_step", TreeSampler(flat)))
+    assert cost["per_step", True, True] < cost["per_step", False, False] < per_step_cost
+    assert cost["binary_search", True, True] < cost["binary_search", False, False]
+
+
+def test_verify_with_reuse_never_lets_a_proof_overrule_an_observed_zero() -> None:
+    # the correct sibling proves (a), (a, b), (a, b, c) positive, but every sampled completion is wrong:
+    # plain reuse labels w1 at its last step for free; per_step (and verify) label the first sampled zero
+    items = [MCItem("ok", "P\n", ["a", "b", "c", "d"], "7", True),
+             MCItem("w1", "P\n", ["a", "b", "c", "x"], "7", False)]
+    proofs = {r.rollout_id: r for r in run_search(items, "binary_search", TreeSampler({}), reuse=True)}
+    assert proofs["w1"].first_error == 3 and proofs["ok"].first_error == -1
+    sampler = TreeSampler({})
+    res = {r.rollout_id: r for r in run_search(items, "binary_search", sampler, reuse=True, verify=True)}
+    assert res["ok"].first_error == 0 and res["w1"].first_error == 0
+    assert res["w1"].free_positive == 0
+    assert len(set(sampler.drawn)) == len(sampler.drawn) == 8  # (a) sampled once, shared by both rollouts
+    assert res["ok"].shared_probes + res["w1"].shared_probes == 1
+
+
+def test_verify_setting_names_the_strategy() -> None:
+    from prmforge.labeling.settings import MCSettings
+
+    assert MCSettings(verify=True, reuse=True, adaptive=True).strategy == "binary_search+verify+reuse+adaptive"
+    assert MCSettings().strategy == "binary_search"

@@ -67,6 +67,18 @@ Strategies (either mode, combinable)
   on the same completions. Soft values are then ``correct / drawn``, which
   overstates a value (sampling stopped at a success): use fixed K for soft
   labels.
+* ``verify`` (:class:`VerifiedSearch`): return ``per_step``'s first error,
+  not an estimate of it. Binary search assumes the sampled values are
+  monotone; they are not (a prefix of small value can draw 0 of K below one
+  that drew a success), and ``per_step`` labels the *first* such zero. So
+  after binary search, every prefix it only inferred positive is probed in
+  ascending order until the first zero, and on a rollout whose answer is
+  correct ``per_step``'s prefixes are scanned the same way (with
+  ``adaptive`` a high-value prefix costs about one sample). Where a prefix
+  gets the same samples in every mode (common random numbers: the ``hf``
+  engine, one seed), the first error is ``per_step``'s exactly. With
+  ``mode: per_step`` it is the bare ascending scan, which stops at the first
+  zero instead of probing every prefix.
 """
 
 from __future__ import annotations
@@ -248,13 +260,83 @@ class BinarySearch:
         return -1 if (self.final_correct or self.all_positive) else self.hi
 
 
-def make_search(mode: str, n_steps: int, final_correct: bool,
-                final_known: bool = True) -> PerStepSearch | BinarySearch:
+class VerifiedSearch:
+    """``per_step``'s first error, found by probing prefixes in ascending order only until its first zero.
+
+    ``per_step``'s verdict is the first prefix (of those it probes) whose own
+    K samples hold no correct completion. This search returns the same
+    prefix, probing only what that verdict depends on: after an optional
+    binary-search phase (which fills in some observations cheaply; its
+    ``hi`` is an observed zero or the free last step), it scans
+    ``per_step``'s probe range from 0 upwards, one prefix per round, using a
+    prefix's own observation where there is one and probing it otherwise,
+    and stops at the first observed zero. Prefixes binary search only
+    *inferred* positive (below an observed positive, or proven by reuse) are
+    probed. With common random numbers (a prefix gets the same samples in
+    any mode: the ``hf`` engine, one seed) the first error equals
+    ``per_step``'s exactly. Reuse proofs may steer the binary phase but never
+    stand in for an observation: a proof is about the true value, while the
+    verdict is about these K samples.
+
+    Without the binary phase (``binary_first=False``) it is the bare ascending
+    scan; the binary phase never lowers the cost of the scan (its probes below
+    the verdict are ones the scan makes anyway, those above are extra) and is
+    kept so the cost benchmark can show what it adds.
+    """
+
+    def __init__(self, n_steps: int, final_correct: bool, final_known: bool = True,
+                 binary_first: bool = True) -> None:
+        self.probed = range(n_steps - 1) if final_known else range(n_steps)  # per_step's probes
+        self.last_value = final_correct or not final_known  # per_step's verdict when no probe is 0
+        self.n = n_steps
+        self.binary = BinarySearch(n_steps, final_correct, final_known) if binary_first else None
+        self.seen: dict[int, bool] = {}  # observations only, never proofs
+
+    def _scanning(self) -> bool:
+        return self.binary is None or self.binary.done
+
+    def next_probes(self) -> list[int]:
+        if not self._scanning():
+            return self.binary.next_probes()  # type: ignore[union-attr]
+        for i in self.probed:
+            if i not in self.seen:
+                return [i]
+            if not self.seen[i]:
+                return []
+        return []
+
+    def observe(self, step: int, hard: bool) -> None:
+        self.seen[step] = hard
+        if not self._scanning():
+            self.binary.observe(step, hard)  # type: ignore[union-attr]
+
+    def known_positive(self, step: int) -> None:
+        """A reuse proof steers the binary phase only; the scan still samples the prefix (class doc)."""
+        if not self._scanning():
+            self.binary.known_positive(step)  # type: ignore[union-attr]
+
+    @property
+    def done(self) -> bool:
+        return self._scanning() and not self.next_probes()
+
+    @property
+    def first_error(self) -> int:
+        for i in self.probed:
+            if not self.seen[i]:
+                return i
+        return -1 if self.last_value else self.n - 1
+
+
+def make_search(mode: str, n_steps: int, final_correct: bool, final_known: bool = True,
+                verify: bool = False) -> PerStepSearch | BinarySearch | VerifiedSearch:
+    """The search of ``mode``; with ``verify`` the :class:`VerifiedSearch` that returns ``per_step``'s verdict."""
+    if mode not in MODES:
+        raise ValueError(f"unknown MC mode {mode!r}; known: {MODES}")
+    if verify:
+        return VerifiedSearch(n_steps, final_correct, final_known, binary_first=mode == "binary_search")
     if mode == "per_step":
         return PerStepSearch(n_steps, final_correct, final_known)
-    if mode == "binary_search":
-        return BinarySearch(n_steps, final_correct, final_known)
-    raise ValueError(f"unknown MC mode {mode!r}; known: {MODES}")
+    return BinarySearch(n_steps, final_correct, final_known)
 
 
 def max_binary_probes(n_steps: int) -> int:
@@ -319,13 +401,16 @@ class Evidence:
 
 
 def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds: int = 64,
-               reuse: bool = False, separator: str = "\n") -> list[MCResult]:
+               reuse: bool = False, separator: str = "\n", verify: bool = False) -> list[MCResult]:
     """Label ``items``: every round gathers all pending probes of all rollouts into one ``value_fn`` call.
 
     ``reuse`` shares evidence between the rollouts of ``items`` (see the
     module doc and :class:`Evidence`); ``separator`` splits completions into
     steps for it. A shared probe's cost is counted once, on the rollout that
-    asked first.
+    asked first. ``verify`` returns ``per_step``'s first error
+    (:class:`VerifiedSearch`); with ``reuse`` it then only shares estimates
+    of the same prefix (the same samples) and lets proofs steer the binary
+    phase, so no prefix is labelled by a proof (``free_positive`` stays 0).
     """
     searches = []
     results: list[MCResult] = []
@@ -339,7 +424,7 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
             results[-1].status, results[-1].detail = EMPTY, "rollout has no steps"
             searches.append(None)
         else:
-            searches.append(make_search(mode, n, item.final_correct, item.final_known))
+            searches.append(make_search(mode, n, item.final_correct, item.final_known, verify))
     evidence = Evidence(items, separator) if reuse else None
     applied = [-1] * len(items)
     for _ in range(max_rounds):
@@ -405,7 +490,7 @@ def run_search(items: Sequence[MCItem], mode: str, value_fn: ValueFn, max_rounds
         if s is None or r.status != OK:
             r.first_error, r.labels = -1, []
             continue
-        if evidence is not None and not (item.final_correct and item.final_known):
+        if evidence is not None and not verify and not (item.final_correct and item.final_known):
             r.free_positive = sum(1 for st in range(applied[idx] + 1) if st not in r.probe_steps)
         if not s.done:
             r.status, r.detail = ERROR, f"search did not finish in {max_rounds} rounds"

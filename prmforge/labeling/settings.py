@@ -21,6 +21,10 @@ class MCSettings(StageSettings):
     adaptive: bool = Field(False, description="sample each probed prefix in waves (first_wave, then doubling, up "
                            "to k) and stop at its first correct completion: the hard label of the k-sample test "
                            "at a fraction of its cost; soft values then overstate (use fixed k for soft labels)")
+    verify: bool = Field(False, description="return per_step's first error, not an estimate: probe prefixes in "
+                         "ascending order until the first whose k samples hold no correct one (after binary "
+                         "search, only those it inferred positive; on correct rollouts too); with reuse, only "
+                         "shared estimates of the same prefix, no proofs, label (docs/labeling.md)")
     first_wave: int = Field(2, gt=0, description="completions in an adaptive prefix's first wave")
     max_tokens: int = Field(160, gt=0, description="max new tokens of one completion")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the completions")
@@ -38,8 +42,9 @@ class MCSettings(StageSettings):
 
     @property
     def strategy(self) -> str:
-        """The ``mc_mode`` recorded in each row: the mode plus the strategies on (``binary_search+reuse``)."""
-        return "+".join([self.mode, *(["reuse"] if self.reuse else []), *(["adaptive"] if self.adaptive else [])])
+        """The ``mc_mode`` recorded in each row: the mode plus the strategies on (``binary_search+verify+reuse``)."""
+        return "+".join([self.mode, *(["verify"] if self.verify else []), *(["reuse"] if self.reuse else []),
+                         *(["adaptive"] if self.adaptive else [])])
 
 
 class JudgeSettings(StageSettings):

@@ -244,7 +244,8 @@ def label_mc(
                         bool(r.get("correct")), final_known=not r.get("truncated", False),
                         text=r.get("text"), skip_reason=r.get("skip_reason")) for r in chunk]
         value_fn = AdaptiveValue(value.sample, s.k, s.first_wave) if s.adaptive else value
-        return mc_rows(chunk, run_search(items, s.mode, value_fn, reuse=s.reuse, separator=separator), s)
+        return mc_rows(chunk, run_search(items, s.mode, value_fn, reuse=s.reuse, separator=separator,
+                                         verify=s.verify), s)
 
     executor = executor or LocalExecutor()
     try:
