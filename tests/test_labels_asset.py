@@ -288,3 +288,32 @@ def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) ->
         sum(r["shared_probes"] for r in ok) / len(ok), abs=1e-4)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["mc_contract"].passed
+
+
+def test_mc_asset_with_verify_gives_per_steps_first_error(local_root: str, tmp_path) -> None:
+    """mc_step_labels with verify (plus reuse and adaptive): per_step's verdict, not binary search's. A random
+    tiny model never reaches the answer, so per_step's first error is 0 on every rollout, the correct gold
+    one included; binary search would call the gold rollout -1 and reuse would prove the stopped-early
+    rollouts positive up to their last step. Verify does neither: no proof labels a prefix."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from prmforge.engines.tiny import build_tiny_qwen2
+
+    model = str(build_tiny_qwen2(tmp_path / "tiny"))
+    storage = Storage(local_root)
+    _write_inputs(storage)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [PARTITION])
+    config = {"verify": True, "reuse": True, "adaptive": True, "k": 4, "first_wave": 1}
+    result = _materialize(instance, local_root, model, {"ops": {"mc_step_labels": {"config": config}}})
+    assert result.success
+    rows = {r["rollout_id"]: r for r in storage.read_dataset("mc_step_labels", PARTITION).to_pylist()}
+    assert len(rows) == 12
+    for r in rows.values():
+        assert r["status"] == "ok" and r["mc_mode"] == "binary_search+verify+reuse+adaptive"
+        assert r["first_error"] == 0 and r["labels"] == [False] and r["free_positive"] == 0
+        if len(r["steps"]) > 1:  # the first prefix was observed at 0 (by this rollout or a sibling sharing it)
+            assert 0 in r["probe_steps"] and not r["probe_hard"][r["probe_steps"].index(0)]
+    assert sum(r["shared_probes"] for r in rows.values()) > 0  # gold and early rollouts share their first prefix
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["mc_contract"].passed
