@@ -292,12 +292,13 @@ class VerifiedSearch:
         self.binary = BinarySearch(n_steps, final_correct, final_known) if binary_first else None
         self.seen: dict[int, bool] = {}  # observations only, never proofs
 
-    def _scanning(self) -> bool:
-        return self.binary is None or self.binary.done
+    def _searching(self) -> BinarySearch | None:
+        """The binary phase while it runs, else None (the scan runs)."""
+        return self.binary if self.binary is not None and not self.binary.done else None
 
     def next_probes(self) -> list[int]:
-        if not self._scanning():
-            return self.binary.next_probes()  # type: ignore[union-attr]
+        if (binary := self._searching()) is not None:
+            return binary.next_probes()
         for i in self.probed:
             if i not in self.seen:
                 return [i]
@@ -307,17 +308,17 @@ class VerifiedSearch:
 
     def observe(self, step: int, hard: bool) -> None:
         self.seen[step] = hard
-        if not self._scanning():
-            self.binary.observe(step, hard)  # type: ignore[union-attr]
+        if (binary := self._searching()) is not None:
+            binary.observe(step, hard)
 
     def known_positive(self, step: int) -> None:
         """A reuse proof steers the binary phase only; the scan still samples the prefix (class doc)."""
-        if not self._scanning():
-            self.binary.known_positive(step)  # type: ignore[union-attr]
+        if (binary := self._searching()) is not None:
+            binary.known_positive(step)
 
     @property
     def done(self) -> bool:
-        return self._scanning() and not self.next_probes()
+        return self._searching() is None and not self.next_probes()
 
     @property
     def first_error(self) -> int:
