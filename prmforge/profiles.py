@@ -104,8 +104,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
         "policy_rollouts": {"n": 8, "shard_size": 128},
         "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256},
+        # The head measured on this profile (world F1 0.934, docs/prm.md): hidden state + surprisal
+        # features, each step tokenised alone; the demo default (features only, steps as written)
+        # was measured on the demo's labels, not here.
         "prm_model": {"epochs": 3.0, "max_steps": None, "micro_batch_size": 32,
-                      "checkpoint_every": 100},
+                      "checkpoint_every": 100, "hidden_state": True, "step_separator": None},
         "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
     },
 }

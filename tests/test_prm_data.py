@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,66 @@ def test_step_token_added_once(tmp_path: Path) -> None:
     assert tok.convert_ids_to_tokens(sep) == STEP_TOKEN
     assert model.backbone.get_input_embeddings().weight.shape[0] >= len(tok)
     assert _ids(tok, f"1 + 1 = 2{STEP_TOKEN}")[-1] == sep
+
+
+@pytest.fixture(scope="module")
+def qwen2_tok():
+    """The qwen2 policy's tokenizer flavour (Qwen2's pre-tokeniser): it merges a step's '.' with the newline."""
+    from prmforge.tokenizer import train_tokenizer, world_corpus
+
+    return train_tokenizer(world_corpus(n_per_difficulty=200, qwen2=True), vocab_size=700, qwen2=True)
+
+
+WRITTEN = ["Ben gets 3 times as many: 16 x 3 = 48.", "Ben finds 7 more: 48 + 7 = 55.",
+           "Ben loses 6: 55 - 6 = 49. The answer is 49."]
+
+
+def test_steps_as_written_are_the_policys_own_tokens(qwen2_tok) -> None:
+    """With a separator the PRM sees exactly the tokens of the text the policy wrote, scored at each step's end.
+
+    Qwen2's BPE writes '48.' + newline as one token; tokenised alone, the step ends in a bare '.'
+    the policy never wrote (the surprisal artefact in docs/world-policy.md).
+    """
+    tok = qwen2_tok
+    prompt = "Problem: Ben has 16 stamps.\nSolution:\n"
+    written = _ids(tok, "\n".join(WRITTEN))
+    ex = encode_example(tok, prompt, WRITTEN, -1, 512, [True, True, False], separator="\n")
+    assert ex.input_ids == _ids(tok, prompt) + written
+    assert [tok.decode([ex.input_ids[p]]) for p in ex.step_positions] == [".\n", ".\n", "."]
+    assert [ex.labels[p] for p in ex.step_positions] == [1.0, 1.0, 0.0]
+    assert sum(v != IGNORE_INDEX for v in ex.labels) == 3
+    # Each step's piece decodes to the step (and the separator merged into its last token).
+    bounds = [ex.prompt_len - 1, *ex.step_positions]
+    assert [tok.decode(ex.input_ids[a + 1:b + 1]) for a, b in itertools.pairwise(bounds)] == [
+        WRITTEN[0] + "\n", WRITTEN[1] + "\n", WRITTEN[2]]
+    alone = encode_example(tok, prompt, WRITTEN, 5, 512)
+    assert tok.decode([alone.input_ids[alone.step_positions[0] - 1]]) == "."  # the artefact
+    # Truncation still drops whole steps.
+    cut = encode_example(tok, prompt, WRITTEN, -1, ex.step_positions[1], [True, True, False], separator="\n")
+    assert cut.step_positions == ex.step_positions[:1] and cut.n_dropped_steps == 2
+    assert cut.input_ids == ex.input_ids[:ex.step_positions[0] + 1]
+
+
+def test_a_separator_token_of_its_own_opens_the_next_step(tok_and_sep) -> None:
+    """GPT-2-style pre-tokenisers keep the newline apart: it belongs to the next step's piece."""
+    tok, _ = tok_and_sep
+    steps = ["3 + 4 = 7", "7 - 2 = 5"]
+    ex = encode_example(tok, "p", steps, -1, 512, separator="\n")
+    assert ex.input_ids == _ids(tok, "p") + _ids(tok, "\n".join(steps))
+    assert tok.decode([ex.input_ids[ex.step_positions[0]]]) == " 7"
+    assert tok.decode(ex.input_ids[ex.step_positions[0] + 1:ex.step_positions[1] + 1]) == "\n7 - 2 = 5"
+
+
+def test_a_step_without_a_token_of_its_own_is_dropped_and_counted(tok_and_sep) -> None:
+    tok, _ = tok_and_sep
+    ex = encode_example(tok, "p", ["3 + 4 = 7", "", "7 - 2 = 5"], -1, 512, [True, True, True], separator="")
+    assert len(ex.step_positions) == 1 and ex.n_dropped_steps == 2
+
+
+def test_collate_marks_where_each_step_closes(tok_and_sep, qwen2_tok) -> None:
+    tok, sep = tok_and_sep
+    for ex, pad in ((encode_example(tok, "p", ["1 + 1 = 2", "2 + 2 = 4"], sep, 100, [True, False]), tok.pad_token_id),
+                    (encode_example(qwen2_tok, "p", WRITTEN, -1, 100, separator="\n"), 0)):
+        mask = collate([ex], pad)["step_mask"][0]
+        assert (mask == 2).nonzero().flatten().tolist() == ex.step_positions
+        assert (mask > 0).nonzero().flatten().tolist() == list(range(ex.prompt_len, len(ex.input_ids)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -100,6 +101,39 @@ def test_surprisal_features_match_a_token_by_token_computation(tmp_path: Path) -
     # the prompt never counts: changing it changes no step's token count feature
     assert [feats[0, p, 3].item() for p in encoded[0].step_positions] == pytest.approx(
         [math.log1p(len(tok(s, add_special_tokens=False)["input_ids"])) for s in items[0][1]])
+
+
+def test_surprisal_features_of_steps_as_written(tmp_path: Path) -> None:
+    """As written, a step's statistics are over the policy's own tokens of it, its last token included."""
+    from prmforge.prm.data import collate, encode_example
+    from prmforge.prm.model import format_prompt, surprisal_features
+
+    model, tok = build_prm(tiny_backbone(tmp_path / "bb"), max_length=96, surprisal=True, head_hidden=8,
+                           step_separator="\n")
+    assert model.config.step_separator == "\n"
+    model.eval()
+    steps = ["3 + 4 = 7", "7 - 2 = 5", "The answer is 5."]
+    prompt = format_prompt("Tom has 3 apples.")
+    ex = encode_example(tok, prompt, steps, model.config.step_token_id, 96, separator="\n")
+    assert model.config.step_token_id not in ex.input_ids
+    batch = collate([ex], tok.pad_token_id)
+    with torch.no_grad():
+        logits = model.backbone(input_ids=batch["input_ids"]).logits
+    feats = surprisal_features(logits, batch["input_ids"], batch["step_mask"], model.config.step_token_id)
+    lp = torch.log_softmax(logits[0].float(), -1)
+    ids = ex.input_ids
+    bounds = [ex.prompt_len - 1, *ex.step_positions]
+    for a, b in itertools.pairwise(bounds):
+        tl = [float(lp[t - 1, ids[t]]) for t in range(a + 1, b + 1)]
+        gaps = [float(lp[t - 1, ids[t]] - lp[t - 1].max()) for t in range(a + 1, b + 1)]
+        assert feats[0, b].tolist() == pytest.approx([min(tl), sum(tl) / len(tl), min(gaps), math.log1p(len(tl))],
+                                                     abs=1e-4)
+    # the model scores there, and a saved PRM keeps the encoding
+    items = [("Tom has 3 apples.", steps)]
+    scores = score_steps(model, tok, items)
+    loaded, tok2 = ProcessRewardModel.load(model.save(tmp_path / "prm", tok))
+    assert loaded.config.step_separator == "\n"
+    assert score_steps(loaded, tok2, items)[0] == pytest.approx(scores[0], abs=1e-6)
 
 
 def test_surprisal_prm_round_trip_and_frozen_backbone(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 Why this shape: the PRM reads one score per step at the separator token that closes
 the step, exactly like Qwen's PRMs and TRL's ``PRMTrainer``. Only separator
 positions carry a label; every other position is ``IGNORE_INDEX`` so the loss never
-trains on prompt or step text.
+trains on prompt or step text. A surprisal PRM instead reads the steps as its
+policy wrote them, with no separator token, its scores at each step's last token
+(``separator`` of :func:`encode_example`, ``PRMConfig.step_separator``).
 
 Truncation to ``max_length`` removes whole trailing steps (never half a step): a
 step whose text was cut would keep its separator and label while the model saw
@@ -87,12 +89,20 @@ def encode_example(
     max_length: int,
     labels: Sequence[bool | float | None] | None = None,
     bos_token_id: int | None = None,
+    separator: str | None = None,
 ) -> EncodedExample:
     """Tokenise ``prompt`` + ``step_1 <sep> step_2 <sep> ...`` and place labels.
 
     ``labels`` (one per step, or None at inference) land on the separator after
     each step. Steps that do not fit entirely within ``max_length`` are dropped
     together with every later step and counted in ``n_dropped_steps``.
+
+    ``separator`` None: each step is tokenised alone and closed by the step
+    token (Qwen's PRM layout). A text: the steps are tokenised as the policy
+    wrote them, one text joined by it, with no step token: each step's score is
+    read at its own last token (:func:`written_step_ids`). A step with no
+    token of its own (empty, or merged into the previous step's last token)
+    cannot be scored apart: it is dropped with every later step, and counted.
     """
     if labels is not None and len(labels) != len(steps):
         raise ValueError(f"{len(labels)} labels for {len(steps)} steps")
@@ -102,12 +112,13 @@ def encode_example(
     targets: list[float] = [float(IGNORE_INDEX)] * len(ids)
     positions: list[int] = []
     kept = 0
-    for i, step in enumerate(steps):
-        step_ids = _ids(tokenizer, step) + [step_token_id]
-        if len(ids) + len(step_ids) > max_length:
+    pieces = (written_step_ids(tokenizer, steps, separator) if separator is not None
+              else [_ids(tokenizer, step) + [step_token_id] for step in steps])
+    for i, piece in enumerate(pieces):
+        if not piece or len(ids) + len(piece) > max_length:
             break
-        ids += step_ids
-        targets += [float(IGNORE_INDEX)] * (len(step_ids) - 1)
+        ids += piece
+        targets += [float(IGNORE_INDEX)] * (len(piece) - 1)
         targets.append(label_value(labels[i]) if labels is not None else float(IGNORE_INDEX))
         positions.append(len(ids) - 1)
         kept += 1
@@ -117,12 +128,41 @@ def encode_example(
     return EncodedExample(ids, targets, positions, len(steps), len(steps) - kept, min(prompt_len, len(ids)))
 
 
+def written_step_ids(tokenizer, steps: Sequence[str], separator: str) -> list[list[int]]:
+    """The tokens of ``separator.join(steps)`` as one text, split after each step's last character.
+
+    Why: BPE merges across a step boundary. Qwen2's merges a step's final ``.``
+    with the newline after it into one token (``.\u010a``), the token the
+    policy writes; tokenised alone, the step would end in a bare ``.`` the
+    policy never produces, and the LM's surprise at it (what the surprisal
+    head reads) would be an artefact of the encoding, not of the step. Piece
+    ``i`` ends with the token that holds step ``i``'s last character (separator
+    characters merged into it included); a separator token of its own opens
+    the next piece. Needs a fast tokenizer (offsets).
+    """
+    text = separator.join(steps)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    pieces: list[list[int]] = []
+    start = cursor = 0
+    for step in steps:
+        end = cursor + len(step)  # one past the step's last character
+        cut = start
+        while cut < len(ids) and offsets[cut][0] < end:
+            cut += 1
+        pieces.append(ids[start:cut])
+        start = cut
+        cursor = end + len(separator)
+    return pieces
+
+
 def encode_dataset(
     tokenizer,
     rows: Sequence[dict],
     step_token_id: int,
     max_length: int,
     bos_token_id: int | None = None,
+    separator: str | None = None,
 ) -> tuple[list[EncodedExample], EncodeStats]:
     """Encode rows with ``prompt``, ``steps`` and ``labels``; bad rows are counted, not raised.
 
@@ -146,7 +186,7 @@ def encode_dataset(
             continue
         try:
             ex = encode_example(tokenizer, str(row.get("prompt") or ""), steps, step_token_id, max_length,
-                                labels, bos_token_id)
+                                labels, bos_token_id, separator)
         except ValueError:
             stats.reject("bad_label_value")
             continue
@@ -164,20 +204,22 @@ def encode_dataset(
 def collate(batch: Sequence[EncodedExample], pad_token_id: int, hard_labels: bool = True) -> dict[str, torch.Tensor]:
     """Right-pad a batch; padding is masked in attention and in the labels.
 
-    ``step_mask`` marks step tokens (after the prompt, before padding): the
-    surprisal features of a PRM are computed over those only.
+    ``step_mask`` is 1 on step tokens (after the prompt, before padding) and 2
+    on each step's closing token (where its score is read): the surprisal
+    features of a PRM are computed over step tokens, per step.
     """
     width = max(len(ex.input_ids) for ex in batch)
     n = len(batch)
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
-    step_mask = torch.zeros((n, width), dtype=torch.bool)
+    step_mask = torch.zeros((n, width), dtype=torch.uint8)
     labels = torch.full((n, width), float(IGNORE_INDEX), dtype=torch.float32)
     for i, ex in enumerate(batch):
         length = len(ex.input_ids)
         input_ids[i, :length] = torch.tensor(ex.input_ids, dtype=torch.long)
         attention[i, :length] = 1
-        step_mask[i, ex.prompt_len:length] = True
+        step_mask[i, ex.prompt_len:length] = 1
+        step_mask[i, ex.step_positions] = 2
         labels[i, :length] = torch.tensor(ex.labels, dtype=torch.float32)
     if hard_labels:
         mask = labels != IGNORE_INDEX

@@ -51,6 +51,8 @@ class PRMConfig:
     head_hidden: int = 0  # 0: linear head; N: one hidden layer of N units
     surprisal_reference: bool = False  # surprisal from a frozen copy of the base LM (saved in reference/)
     head_act: Literal["gelu", "relu"] = "gelu"  # relu + head_hidden == hidden size: the standard (Qwen2 PRM) head
+    step_separator: str | None = None  # None: each step + step token; text: the steps as written, joined by it
+    hidden_state: bool = True  # the head reads the backbone's hidden state (False: surprisal features only)
 
 
 def format_prompt(problem: str, prompt_format: str = "world", tokenizer=None) -> str:
@@ -123,10 +125,13 @@ def surprisal_features(logits: torch.Tensor, input_ids: torch.Tensor, step_mask:
     AUC 0.96 (docs/prm.md); a hidden-state head alone must learn that comparison
     from scratch and did not, on the data a CPU run affords.
 
-    ``step_mask`` marks the tokens of step text (not the prompt, separators or
-    padding). Returns ``[B, T, 4]``: for every position, over the tokens of its
-    step (a separator closes the step before it): min and mean of log p(token),
-    min of log p(token) - max log p at that position, and log(1 + tokens).
+    ``step_mask`` (:func:`prmforge.prm.data.collate`) is 1 on step text, 2 on
+    the token that closes a step (the step token, or with steps encoded as
+    written the step's own last token) and 0 on the prompt and padding. A
+    step's statistics are over its text tokens, the closing token included
+    unless it is the step token. Returns ``[B, T, 4]``: for every position,
+    over the tokens of its step: min and mean of log p(token), min of log
+    p(token) - max log p at that position, and log(1 + tokens).
     """
     lp = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
     tok_lp = torch.zeros(input_ids.shape, dtype=lp.dtype, device=lp.device)
@@ -135,9 +140,9 @@ def surprisal_features(logits: torch.Tensor, input_ids: torch.Tensor, step_mask:
     picked = prev.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     tok_lp[:, 1:] = picked
     gap[:, 1:] = picked - prev.max(dim=-1).values
-    is_sep = (input_ids == step_token_id).long()
-    seg = torch.cumsum(is_sep, dim=1) - is_sep  # step index; a separator belongs to the step it closes
-    mask = step_mask.bool() & (is_sep == 0)
+    is_end = (step_mask == 2).long()
+    seg = torch.cumsum(is_end, dim=1) - is_end  # step index; the closing token belongs to the step it closes
+    mask = (step_mask > 0) & (input_ids != step_token_id)
     mask[:, 0] = False
     b, t = input_ids.shape
     index = (torch.arange(b, device=seg.device)[:, None] * t + seg).reshape(-1)
@@ -176,7 +181,9 @@ class ProcessRewardModel(nn.Module):
             reference.eval()
             for p in reference.parameters():
                 p.requires_grad_(False)
-        hidden = backbone.config.hidden_size
+        if not config.hidden_state and not config.surprisal:
+            raise ValueError("a head without the hidden state reads the surprisal features: set surprisal")
+        hidden = backbone.config.hidden_size if config.hidden_state else 0
         n_in = hidden + (N_SURPRISAL_FEATURES if config.surprisal else 0)
         n_out = 2 if config.head == "two_class" else 1
         gen = torch.Generator().manual_seed(seed)
@@ -216,8 +223,10 @@ class ProcessRewardModel(nn.Module):
                 logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
         else:
             logits = self.backbone.get_output_embeddings()(hidden)
-        feats = surprisal_features(logits, input_ids, step_mask, self.config.step_token_id)
-        return self.head(torch.cat([hidden.to(self.head_dtype), feats.to(self.head_dtype)], dim=-1))
+        feats = surprisal_features(logits, input_ids, step_mask, self.config.step_token_id).to(self.head_dtype)
+        if not self.config.hidden_state:
+            return self.head(feats)
+        return self.head(torch.cat([hidden.to(self.head_dtype), feats], dim=-1))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """P(step is correct) from logits of either head kind."""
@@ -287,7 +296,8 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | N
               prompt_format: str = "world", trust_remote_code: bool = False,
               step_token_init: str | None = None, surprisal: bool = False,
               head_hidden: int = 0, surprisal_reference: bool = False,
-              standard: bool = False) -> tuple[ProcessRewardModel, object]:
+              standard: bool = False, step_separator: str | None = None,
+              hidden_state: bool = True) -> tuple[ProcessRewardModel, object]:
     """A fresh PRM on ``base_model``: the step token is added if the tokenizer lacks it.
 
     ``standard``: the head vLLM and transformers serve without custom code
@@ -297,6 +307,11 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | N
 
     ``step_token_init``: text whose (single-token) embedding the step token starts from
     (see :func:`init_step_embedding`); None keeps the backbone's own.
+
+    ``step_separator``: with ``surprisal``, steps are encoded as the policy wrote
+    them, joined by this text (:func:`prmforge.prm.data.written_step_ids`); other
+    heads always encode each step alone. ``hidden_state`` False: the head reads
+    the surprisal features only (needs ``surprisal``).
     """
     torch.manual_seed(seed)
     if standard:
@@ -319,7 +334,9 @@ def build_prm(base_model: str, head: HeadKind = "two_class", max_length: int | N
                     prompt_format=prompt_format, base_model=base_model,  # type: ignore[arg-type]
                     surprisal=surprisal, head_hidden=head_hidden,
                     surprisal_reference=surprisal and surprisal_reference,
-                    head_act="relu" if standard else "gelu")
+                    head_act="relu" if standard else "gelu",
+                    step_separator=step_separator if surprisal else None,
+                    hidden_state=hidden_state or not surprisal)
     return ProcessRewardModel(backbone, cfg, seed=seed, reference=reference), tok
 
 
@@ -345,7 +362,7 @@ def score_steps(
     device = next(model.parameters()).device
     encoded = [
         encode_example(tokenizer, format_prompt(problem, cfg.prompt_format, tokenizer), list(steps), cfg.step_token_id,
-                       max_length)
+                       max_length, separator=cfg.step_separator)
         for problem, steps in items
     ]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))

@@ -126,9 +126,10 @@ def fit(
     model, tok = build_prm(base_model, head=s.head, max_length=s.max_length, seed=s.seed,
                            trust_remote_code=s.trust_remote_code, step_token_init=s.step_token_init,
                            surprisal=s.surprisal, head_hidden=s.head_hidden,
-                           surprisal_reference=s.surprisal_reference, standard=s.head_kind == "standard")
+                           surprisal_reference=s.surprisal_reference, standard=s.head_kind == "standard",
+                           step_separator=s.step_separator, hidden_state=s.hidden_state)
     examples, stats = encode_dataset(tok, training_rows(rows, s.label_kind), model.config.step_token_id,
-                                     model.config.max_length)
+                                     model.config.max_length, separator=model.config.step_separator)
     run_key = "prm-" + fingerprint({"settings": s.model_dump(), "base": base_model, "data": data_version})
     store = CheckpointStore(storage, run_key) if storage is not None else None
     progress = ProgressLog("PRM training", total_steps(len(examples), s), log) if log else None

@@ -58,7 +58,18 @@ class PRMTrainSettings(StageSettings):
     surprisal_reference: bool = Field(False, description="compute the surprisal features with a frozen copy "
                                       "of the base LM (saved with the PRM), so the backbone can train at full rate")
     head_hidden: int = Field(64, ge=0, description="hidden units of the head (0: linear)")
+    hidden_state: bool = Field(False, description="surprisal head: it also reads the backbone's hidden state at "
+                               "each step's end (the backbone trains); False: the surprisal features only, a "
+                               "learned reading of the base LM's own token probabilities, with the backbone frozen "
+                               "(training it would only rewrite those probabilities). False generalises from the "
+                               "few labels of a demo where the hidden state overfits (docs/prm.md); ignored "
+                               "without surprisal")
     freeze_backbone: bool = Field(False, description="train only the head")
+    step_separator: str | None = Field(
+        "\n", description="surprisal head: the text between the policy's steps; steps are tokenised as the policy "
+        "wrote them (joined by it, the step token after each step's last token), so the LM's surprise is measured "
+        "on the policy's own tokens, not on a step tokenised alone; None: each step tokenised alone (the standard "
+        "head always is)")
     step_token_init: str | None = Field("\n", description="start the step token's embedding as this single token "
                                         "(the policy's step separator); None keeps the backbone's")
     num_workers: int = Field(1, ge=1, description="training processes: > 1 makes the step launch torchrun with one "

@@ -308,7 +308,7 @@ def train_prm(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model.to(device).train()
-    if cfg.freeze_backbone:
+    if cfg.freeze_backbone or not model.config.hidden_state:  # see PRMTrainSettings.hidden_state
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     total = total_steps(len(examples), cfg, world)
