@@ -79,17 +79,23 @@ STRATEGIES = {  # name -> (mode, reuse, adaptive, verify, sampling seed offset)
 
 
 def ensure_policy(path: Path, train_steps: int | None, difficulty: str) -> Path:
-    """The policy folder, training the demo-default policy (on ``difficulty``) into it when absent."""
+    """The policy folder, training the world profile's policy (on ``difficulty``) into it when absent.
+
+    Why that one: the figures in docs/labeling.md were measured with it (the llama
+    policy, the demo's default until the demo moved to qwen2), so a fresh clone
+    trains the same weights.
+    """
     if (path / "config.json").exists():
         return path
-    from prmforge.policy.settings import PolicySettings
     from prmforge.policy.train import train_policy
+    from prmforge.profiles import stage_settings
 
     kw: dict = {"difficulty": difficulty}
     if train_steps is not None:
         kw["train_steps"] = train_steps
-    settings = PolicySettings(**kw)
-    print(f"training the demo policy ({difficulty}, {settings.train_steps} steps) into {path} ...", flush=True)
+    settings = stage_settings("policy_model", "world", **kw)
+    print(f"training the world profile's policy ({settings.architecture}, {difficulty}, {settings.train_steps} "
+          f"steps) into {path} ...", flush=True)
     res = train_policy(settings, path, log=lambda m: print(m, flush=True))
     print(f"trained {res.num_parameters} parameters in {res.seconds:.0f}s", flush=True)
     return path

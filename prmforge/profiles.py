@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # The smallest quick policy that is usable on `easy` (measured: 37% at T=1.0 on 200 held-out
         # problems, 800 steps in ~60 s on one core; see docs/world-policy.md). Trained once per pytest
         # session (PRMFORGE_POLICY_CACHE, tests/conftest.py).
-        "policy_model": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
+        "policy_model": {"architecture": "llama", "n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
                          "intermediate_size": 192, "num_layers": 2, "num_heads": 2, "train_steps": 800,
                          "learning_rate": 0.01, "warmup_steps": 50, "calib_problems": 100, "max_new_tokens": 96},
         "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
@@ -78,7 +78,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # time per stage), not quality: a world policy does not solve GSM8K. The policy is the tiny one
         # (2,048 positions, like every embedded policy: real prompts fit) and rolls out every problem.
         "seed_problems": {"world_size": 24, "world_difficulty": "easy"},
-        "policy_model": {"n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
+        "policy_model": {"architecture": "llama", "n_train_problems": 4000, "tokenizer_problems": 500, "hidden_size": 64,
                          "intermediate_size": 192, "num_layers": 2, "num_heads": 2, "train_steps": 800,
                          "learning_rate": 0.01, "warmup_steps": 50, "calib_problems": 100, "max_new_tokens": 96},
         "world_benchmark": {"n_problems": 40, "samples_per_problem": 2, "size": 40, "max_new_tokens": 96},
@@ -94,9 +94,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "seed_problems": {"world_difficulty": "easy"},
     },
     "world": {
-        # The demo's policy (same settings, so one training serves both; easy world, 52% at
-        # T=1.0) rolled out 8 times on 1,500 problems: ~12,000 labelled rollouts, 20x the demo's.
+        # The llama policy the world figures were measured with (easy world, 52% at T=1.0; the demo's
+        # default before it became qwen2), rolled out 8 times on 1,500 problems: ~12,000 labelled
+        # rollouts, 20x the demo's. Not yet measured with the qwen2 policy.
         "seed_problems": {"world_size": 1500, "world_difficulty": "easy"},
+        "policy_model": {"architecture": "llama", "hidden_size": 128, "num_heads": 4, "intermediate_size": 384,
+                         "train_steps": 600},
         # The PRM starts from a stronger sibling of the policy (same model, trained 2,000 steps
         # instead of 600: 96% vs 52% at T=1.0), a verifier that knows the arithmetic the policy
         # gets wrong. Starting from the policy itself, Best-of-8 stayed at majority@8 (docs/prm.md).

@@ -27,18 +27,19 @@ class PolicySettings(StageSettings):
     tokenizer_problems: int = Field(3000, description="problems per difficulty the BPE is fitted on")
     # architecture
     architecture: Literal["llama", "qwen2"] = Field(
-        "llama", description="'llama' (whole-number tokens, plain world prompt) or 'qwen2' (Qwen2.5-Math's "
-        "architecture, Qwen2's digit-splitting tokenizer and ChatML chat template; measured below the llama "
-        "policy's world quality so far, see docs/world-policy.md)")
-    hidden_size: int = Field(128, description="hidden size (hidden_size / num_heads must be a head size "
+        "qwen2", description="'qwen2' (Qwen2.5-Math's architecture, Qwen2's digit-splitting tokenizer and ChatML "
+        "chat template: the path a real Qwen policy takes) or 'llama' (whole-number tokens, plain world prompt; "
+        "the tiny/real profiles' quick policy); see docs/world-policy.md")
+    hidden_size: int = Field(192, description="hidden size (hidden_size / num_heads must be a head size "
                              "vLLM's CPU attention supports: 32, 64, 80, 96, 112, 128, ...)")
-    intermediate_size: int = Field(384, description="MLP intermediate size")
+    intermediate_size: int = Field(576, description="MLP intermediate size")
     num_layers: int = Field(3, description="decoder layers")
-    num_heads: int = Field(4, description="attention heads")
+    num_heads: int = Field(6, description="attention heads")
     max_seq_len: int = Field(2048, description="context in tokens (max_position_embeddings; RoPE, so a longer "
                              "context costs no training time); training examples longer than it are dropped")
     # optimisation
-    train_steps: int = Field(600, description="optimizer steps")
+    train_steps: int = Field(800, description="optimizer steps (qwen2 192/6/576: 800 calibrates in the band, "
+                             "docs/world-policy.md)")
     batch_size: int = Field(32, description="problems per optimizer step")
     learning_rate: float = Field(3e-3, description="peak AdamW learning rate")
     warmup_steps: int = Field(100, description="linear warmup steps")
