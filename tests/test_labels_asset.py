@@ -247,9 +247,8 @@ def test_llm_judge_asset_over_loopback_server(local_root: str) -> None:
     assert md["status_counts"] == {"ok": 9, "error": 3} and md["shards_computed"] == 3
 
 
-def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) -> None:
-    """mc_step_labels with reuse and adaptive on (run config): a rollout whose steps a correct sibling wrote
-    is labelled without sampling, the others are sampled in waves up to k, and the rows say the strategy."""
+def _mc_run_with(local_root: str, tmp_path, config: dict) -> tuple:
+    """mc_step_labels materialised with ``config`` on a random tiny Qwen2: (result, rows by rollout id)."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from prmforge.engines.tiny import build_tiny_qwen2
@@ -259,10 +258,15 @@ def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) ->
     _write_inputs(storage)
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("datasets", [PARTITION])
-    config = {"reuse": True, "adaptive": True, "k": 4, "first_wave": 1}
     result = _materialize(instance, local_root, model, {"ops": {"mc_step_labels": {"config": config}}})
     assert result.success
-    rows = {r["rollout_id"]: r for r in storage.read_dataset("mc_step_labels", PARTITION).to_pylist()}
+    return result, {r["rollout_id"]: r for r in storage.read_dataset("mc_step_labels", PARTITION).to_pylist()}
+
+
+def test_mc_asset_with_reuse_and_adaptive_sampling(local_root: str, tmp_path) -> None:
+    """mc_step_labels with reuse and adaptive on (run config): a rollout whose steps a correct sibling wrote
+    is labelled without sampling, the others are sampled in waves up to k, and the rows say the strategy."""
+    result, rows = _mc_run_with(local_root, tmp_path, {"reuse": True, "adaptive": True, "k": 4, "first_wave": 1})
     assert len(rows) == 12
     for rid, r in rows.items():
         assert r["status"] == "ok" and r["mc_mode"] == "binary_search+reuse+adaptive" and r["k"] == 4
@@ -295,19 +299,8 @@ def test_mc_asset_with_verify_gives_per_steps_first_error(local_root: str, tmp_p
     tiny model never reaches the answer, so per_step's first error is 0 on every rollout, the correct gold
     one included; binary search would call the gold rollout -1 and reuse would prove the stopped-early
     rollouts positive up to their last step. Verify does neither: no proof labels a prefix."""
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from prmforge.engines.tiny import build_tiny_qwen2
-
-    model = str(build_tiny_qwen2(tmp_path / "tiny"))
-    storage = Storage(local_root)
-    _write_inputs(storage)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("datasets", [PARTITION])
-    config = {"verify": True, "reuse": True, "adaptive": True, "k": 4, "first_wave": 1}
-    result = _materialize(instance, local_root, model, {"ops": {"mc_step_labels": {"config": config}}})
-    assert result.success
-    rows = {r["rollout_id"]: r for r in storage.read_dataset("mc_step_labels", PARTITION).to_pylist()}
+    result, rows = _mc_run_with(local_root, tmp_path,
+                                {"verify": True, "reuse": True, "adaptive": True, "k": 4, "first_wave": 1})
     assert len(rows) == 12
     for r in rows.values():
         assert r["status"] == "ok" and r["mc_mode"] == "binary_search+verify+reuse+adaptive"
