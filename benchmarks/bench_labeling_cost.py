@@ -78,24 +78,25 @@ STRATEGIES = {  # name -> (mode, reuse, adaptive, verify, sampling seed offset)
 }
 
 
-def ensure_policy(path: Path, train_steps: int | None, difficulty: str) -> Path:
-    """The policy folder, training the world profile's policy (on ``difficulty``) into it when absent.
+# The llama policy the figures in docs/labeling.md were measured with (the demo's default until
+# the demo moved to qwen2): a fresh clone trains the same weights (config hash 851e010a6bf82fc8 on
+# `easy`, cb4d2fb7e0886687 on `standard` with 1,000 steps).
+LLAMA_POLICY = {"architecture": "llama", "hidden_size": 128, "num_heads": 4, "intermediate_size": 384,
+                "train_steps": 600}
 
-    Why that one: the figures in docs/labeling.md were measured with it (the llama
-    policy, the demo's default until the demo moved to qwen2), so a fresh clone
-    trains the same weights.
-    """
+
+def ensure_policy(path: Path, train_steps: int | None, difficulty: str) -> Path:
+    """The policy folder, training the llama policy (on ``difficulty``) into it when absent."""
     if (path / "config.json").exists():
         return path
+    from prmforge.policy.settings import PolicySettings
     from prmforge.policy.train import train_policy
-    from prmforge.profiles import stage_settings
 
-    kw: dict = {"difficulty": difficulty}
+    kw: dict = {**LLAMA_POLICY, "difficulty": difficulty}
     if train_steps is not None:
         kw["train_steps"] = train_steps
-    settings = stage_settings("policy_model", "world", **kw)
-    print(f"training the world profile's policy ({settings.architecture}, {difficulty}, {settings.train_steps} "
-          f"steps) into {path} ...", flush=True)
+    settings = PolicySettings(**kw)
+    print(f"training the llama policy ({difficulty}, {settings.train_steps} steps) into {path} ...", flush=True)
     res = train_policy(settings, path, log=lambda m: print(m, flush=True))
     print(f"trained {res.num_parameters} parameters in {res.seconds:.0f}s", flush=True)
     return path

@@ -94,12 +94,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "seed_problems": {"world_difficulty": "easy"},
     },
     "world": {
-        # The llama policy the world figures were measured with (easy world, 52% at T=1.0; the demo's
-        # default before it became qwen2), rolled out 8 times on 1,500 problems: ~12,000 labelled
-        # rollouts, 20x the demo's. Not yet measured with the qwen2 policy.
+        # The demo's policy (same settings, so one training serves both; the qwen2, easy world, 51% at
+        # T=1.0) rolled out 8 times on 1,500 problems: ~12,000 labelled rollouts, 20x the demo's.
         "seed_problems": {"world_size": 1500, "world_difficulty": "easy"},
-        "policy_model": {"architecture": "llama", "hidden_size": 128, "num_heads": 4, "intermediate_size": 384,
-                         "train_steps": 600},
         # The PRM starts from a stronger sibling of the policy (same model, trained 2,000 steps
         # instead of 600: 96% vs 52% at T=1.0), a verifier that knows the arithmetic the policy
         # gets wrong. Starting from the policy itself, Best-of-8 stayed at majority@8 (docs/prm.md).
@@ -107,11 +104,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "world_benchmark": {"n_problems": 1000, "samples_per_problem": 4, "size": 2000},
         "policy_rollouts": {"n": 8, "shard_size": 128},
         "mc_step_labels": {"k": 8, "shard_size": 256, "batch_prefixes": 256},
-        # The head measured on this profile (world F1 0.934, docs/prm.md): hidden state + surprisal
-        # features, each step tokenised alone; the demo default (features only, steps as written)
-        # was measured on the demo's labels, not here.
         "prm_model": {"epochs": 3.0, "max_steps": None, "micro_batch_size": 32,
-                      "checkpoint_every": 100, "hidden_state": True, "step_separator": None},
+                      "checkpoint_every": 100},
         "prm_evaluation": {"bon_n": 8, "bon_problems": 200, "max_samples_per_subset": None},
     },
 }
