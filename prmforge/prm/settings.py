@@ -67,9 +67,9 @@ class PRMTrainSettings(StageSettings):
     freeze_backbone: bool = Field(False, description="train only the head")
     step_separator: str | None = Field(
         "\n", description="surprisal head: the text between the policy's steps; steps are tokenised as the policy "
-        "wrote them (joined by it, the step token after each step's last token), so the LM's surprise is measured "
-        "on the policy's own tokens, not on a step tokenised alone; None: each step tokenised alone (the standard "
-        "head always is)")
+        "wrote them (one text joined by it, no step token, each step scored at its own last token), so the LM's "
+        "surprise is measured on the policy's own tokens, not on a step tokenised alone; None: each step tokenised "
+        "alone and closed by the step token (the standard head always is)")
     step_token_init: str | None = Field("\n", description="start the step token's embedding as this single token "
                                         "(the policy's step separator); None keeps the backbone's")
     num_workers: int = Field(1, ge=1, description="training processes: > 1 makes the step launch torchrun with one "
